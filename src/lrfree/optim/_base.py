@@ -1,0 +1,270 @@
+"""Machinery shared by every lrfree optimizer: validation, loss handling, gathering the
+tensors of a step into buckets, the non-finite policy, and where the global estimate lives.
+
+The learning-rate-free estimate is global (one scalar set over all parameter groups). It
+lives in the first parameter group under ``"estimate"`` as 0-d tensors on the parameters'
+device, so it travels with ``state_dict()``, needs no host round trip to update, and
+survives frameworks that only know per-parameter state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+NONFINITE_POLICIES = ("skip", "raise", "unchecked")
+LossLike = Tensor | float | None
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised with ``nonfinite="raise"`` when a gradient or the loss is inf/NaN."""
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = numeric and not math.isnan(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}={value!r} is invalid: it must be a number {bound}")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} is invalid: it must be in [0, 1)")
+
+
+def check_betas(betas: Any) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas={betas!r} is invalid: pass a pair (beta1, beta2), e.g. (0.9, 0.999)")
+    check_unit_interval("betas[0]", betas[0])
+    check_unit_interval("betas[1]", betas[1])
+    return float(betas[0]), float(betas[1])
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid: use one of {', '.join(map(repr, choices))}")
+
+
+def check_lr(lr: Any) -> None:
+    if isinstance(lr, Tensor):
+        raise ValueError(
+            "lr must be a Python float (it is a multiplier on the estimated step); "
+            "got a Tensor: pass float(lr)"
+        )
+    check_positive("lr", lr, allow_zero=True)
+
+
+@dataclass
+class Bucket:
+    """The tensors of one parameter group that share a device and dtype.
+
+    ``grads`` are in the state dtype (a cast copy for low-precision parameters) and
+    never alias ``p.grad`` once modified (coupled weight decay works on a copy).
+    """
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    grads: list[Tensor]
+    states: dict[str, list[Tensor]] = field(default_factory=dict)
+    #: a_k of the scaling (None for the identity) and the scaled gradient g' = g / alpha
+    denoms: list[Tensor] | None = None
+    scaled: list[Tensor] = field(default_factory=list)
+
+    def split(self) -> list["Bucket"]:
+        """One bucket per tensor: the per-tensor (non-foreach) execution path."""
+        return [
+            Bucket(self.group, [p], [g], {k: [v[i]] for k, v in self.states.items()})
+            for i, (p, g) in enumerate(zip(self.params, self.grads))
+        ]
+
+
+def sum_dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+    """sum_i <xs[i], ys[i]> as a 0-d tensor (no host sync)."""
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()
+
+
+def sum_sq(xs: list[Tensor]) -> Tensor:
+    return sum_dot(xs, xs)
+
+
+def total(parts: list[Tensor], device: torch.device) -> Tensor:
+    """Sum 0-d tensors that may sit on several devices, onto ``device``."""
+    return torch.stack([p.to(device) for p in parts]).sum()
+
+
+class LRFreeOptimizer(torch.optim.Optimizer):
+    """Base class: subclasses declare their state tensors and implement ``_update``."""
+
+    #: Polyak methods need the mini-batch loss at every step
+    needs_loss = False
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, foreach: bool | None,
+                 nonfinite: str, state_dtype: str) -> None:
+        check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        check_choice("state_dtype", state_dtype, ("float32", "param"))
+        check_choice("foreach", foreach, (None, True, False))
+        defaults = dict(defaults, effective_lr=0.0)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            check_lr(group["lr"])
+        self._foreach = foreach
+        self._nonfinite = nonfinite
+        self._state_dtype = state_dtype
+
+    # ----------------------------------------------------------------- hooks
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ public API
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, loss: LossLike = None) -> Any:
+        """One optimization step.
+
+        Pass either ``closure`` (re-evaluates the model and returns the loss) or
+        ``loss=`` (a float or a 0-d tensor; no ``.item()`` needed). Returns the loss.
+        """
+        returned = loss
+        if closure is not None:
+            if loss is not None:
+                raise ValueError("pass either closure or loss=, not both")
+            with torch.enable_grad():
+                returned = closure()
+            loss = returned
+        buckets = self._gather()
+        if not buckets:
+            return returned
+        loss_tensor = self._loss_tensor(loss, buckets[0].params[0].device)
+        if self.needs_loss and loss_tensor is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the mini-batch loss: call opt.step(loss=loss) "
+                "after loss.backward() (a float or a 0-d tensor), or opt.step(closure)"
+            )
+        if not self._finite(buckets, loss_tensor):
+            return returned
+        self._init_states(buckets)
+        if self._use_foreach(buckets):
+            self._update(buckets, loss_tensor)
+        else:
+            self._update([b for bucket in buckets for b in bucket.split()], loss_tensor)
+        return returned
+
+    # -------------------------------------------------------------- helpers
+    def _use_foreach(self, buckets: list[Bucket]) -> bool:
+        if self._foreach is not None:
+            return self._foreach
+        # torch's own default: multi-tensor kernels wherever every tensor is native.
+        return all(p.device.type in ("cuda", "cpu", "xpu", "mps") for b in buckets for p in b.params)
+
+    def _state_dtype_for(self, p: Tensor) -> torch.dtype:
+        if self._state_dtype == "float32" and p.dtype in (torch.float16, torch.bfloat16):
+            return torch.float32
+        return p.dtype
+
+    def _gather(self) -> list[Bucket]:
+        """Buckets of (group, device, dtype) over parameters that have a gradient and lr > 0.
+
+        A group with ``lr == 0`` is frozen: its parameters take no step and do not enter
+        the estimate (their state is not even created until the group is unfrozen).
+        """
+        buckets: list[Bucket] = []
+        for group in self.param_groups:
+            check_lr(group["lr"])
+            if group["lr"] == 0:
+                continue
+            by_key: dict[tuple[torch.device, torch.dtype], Bucket] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients; "
+                        "use dense gradients (e.g. nn.Embedding(sparse=False))"
+                    )
+                dtype = self._state_dtype_for(p)
+                key = (p.device, dtype)
+                if key not in by_key:
+                    by_key[key] = Bucket(group, [], [])
+                    buckets.append(by_key[key])
+                grad = p.grad if p.grad.dtype == dtype else p.grad.to(dtype)
+                by_key[key].params.append(p)
+                by_key[key].grads.append(grad)
+        return buckets
+
+    def _loss_tensor(self, loss: LossLike, device: torch.device) -> Tensor | None:
+        if loss is None:
+            return None
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"loss must be a scalar; got shape {tuple(loss.shape)}: reduce it first "
+                    "(e.g. loss.mean())"
+                )
+            return loss.detach().reshape(()).to(device=device, dtype=self._scalar_dtype())
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            return torch.tensor(float(loss), device=device, dtype=self._scalar_dtype())
+        raise ValueError(f"loss must be a float or a 0-d tensor; got {type(loss).__name__}")
+
+    def _scalar_dtype(self) -> torch.dtype:
+        wide = any(p.dtype == torch.float64 for g in self.param_groups for p in g["params"])
+        return torch.float64 if wide else torch.float32
+
+    def _finite(self, buckets: list[Bucket], loss: Tensor | None) -> bool:
+        """Apply the non-finite policy; the one host sync of a step happens here."""
+        if self._nonfinite == "unchecked":
+            return True
+        device = buckets[0].params[0].device
+        # max |g| cannot overflow where a sum of squares of large finite values could.
+        peaks = [
+            torch.stack(torch._foreach_norm(b.grads, float("inf"))).max().to(device, torch.float32)
+            for b in buckets
+        ]
+        if loss is not None:
+            peaks.append(loss.abs().to(torch.float32))
+        finite = bool(torch.isfinite(torch.stack(peaks)).all())
+        if finite:
+            return True
+        if self._nonfinite == "raise":
+            raise NonFiniteError(
+                f"{type(self).__name__}: non-finite gradient or loss; the step was not taken "
+                "and no state changed (nonfinite='skip' skips such steps instead)"
+            )
+        for group in self.param_groups:
+            group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+        return False
+
+    def _init_states(self, buckets: list[Bucket]) -> None:
+        for bucket in buckets:
+            names = self._state_names(bucket.group)
+            lists: dict[str, list[Tensor]] = {name: [] for name in (*names, "step")}
+            for p, g in zip(bucket.params, bucket.grads):
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = torch.zeros((), device=p.device, dtype=g.dtype)
+                    for name in names:
+                        state[name] = self._initial_state(name, p, g.dtype)
+                for name in lists:
+                    lists[name].append(state[name])
+            bucket.states = lists
+
+    def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
+        return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _estimate(self, initial: Callable[[torch.device, torch.dtype], dict[str, Tensor]],
+                  device: torch.device) -> dict[str, Tensor]:
+        """The global estimate (created on first use), moved to ``device`` if needed."""
+        group0 = self.param_groups[0]
+        if "estimate" not in group0:
+            group0["estimate"] = initial(device, self._scalar_dtype())
+        est = group0["estimate"]
+        for key, value in est.items():
+            if isinstance(value, Tensor) and value.device != device:
+                est[key] = value.to(device)
+        return est

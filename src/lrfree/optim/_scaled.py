@@ -1,0 +1,88 @@
+"""The parameter-scaling half of a PS optimizer, shared by PS-DA-SGD and PS-SPS.
+
+Per element, with ``a_k`` from the scaling and a scalar normaliser ``N``:
+
+    alpha_k^2 = a_k / N          g'_k = g_k / alpha_k          x <- x - lam * N * m_hat_k / a_k
+
+``lam`` is the step a steepest-descent rule chose in the scaled space; ``lam * N`` is the
+learning rate torch.optim.Adam would need to take the same step (``effective_lr``).
+Dividing ``a`` by N makes alpha dimensionless, so multiplying alpha by a constant leaves
+every step unchanged (the paper's requirement 1); freezing N at the first step keeps the
+step of still-training parameters from shrinking when others converge (requirement 2).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lrfree.optim._base import Bucket, sum_sq, total
+from lrfree.scaling import Scaling, bias_corrections
+
+ALPHA_NORMS = ("initial", "running", "none")
+
+
+def advance_moments(buckets: list[Bucket], scaling: Scaling) -> None:
+    """Count the step, apply coupled weight decay, update m and the scaling's statistics."""
+    for b in buckets:
+        group = b.group
+        torch._foreach_add_(b.states["step"], 1.0)
+        if group["weight_decay"] != 0 and not group["decouple"]:
+            b.grads = torch._foreach_add(b.grads, _like(b.params, b.grads), alpha=group["weight_decay"])
+        beta1, beta2 = group["betas"]
+        if beta1 > 0:
+            torch._foreach_lerp_(b.states["m"], b.grads, 1.0 - beta1)
+        b.denoms = scaling.denominators(b.states, b.grads, b.states["step"], beta2, group["eps"])
+
+
+def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, first: bool,
+                     device: torch.device, dtype: torch.dtype) -> Tensor:
+    """N: mean of a_k over the elements with a gradient, frozen at the first step ("initial"),
+    recomputed every step ("running"), or 1 ("none", and for the identity scaling)."""
+    if mode == "none" or buckets[0].denoms is None:
+        est["alpha_norm"] = torch.ones((), device=device, dtype=dtype)
+        return est["alpha_norm"]
+    if mode == "initial" and not first:
+        return est["alpha_norm"]
+    sums = total([torch.stack([a.sum() for a in b.denoms]).sum().to(dtype) for b in buckets], device)
+    count = sum(a.numel() for b in buckets for a in b.denoms)
+    est["alpha_norm"] = sums / count
+    return est["alpha_norm"]
+
+
+def scale_gradients(buckets: list[Bucket], norm: Tensor) -> None:
+    """g' = g * sqrt(N / a) into ``bucket.scaled`` (the gradient in the scaled space)."""
+    for b in buckets:
+        if b.denoms is None:
+            b.scaled = b.grads
+            continue
+        root = torch._foreach_sqrt(b.denoms)
+        b.scaled = torch._foreach_div(b.grads, root)
+        torch._foreach_mul_(b.scaled, torch.sqrt(norm).to(b.scaled[0].dtype))
+
+
+def sq_norm_scaled(buckets: list[Bucket], device: torch.device) -> Tensor:
+    return total([sum_sq(b.scaled) for b in buckets], device)
+
+
+def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:
+    """x <- x (1 - lr * wd) - lr * m_hat / a, with ``lrs[id(group)]`` the Adam-equivalent lr."""
+    for b in buckets:
+        group = b.group
+        lr = lrs[id(group)].to(b.params[0].device)
+        if group["weight_decay"] != 0 and group["decouple"]:
+            torch._foreach_mul_(b.params, (1.0 - lr * group["weight_decay"]).to(b.params[0].dtype))
+        beta1 = group["betas"][0]
+        direction = b.states["m"] if beta1 > 0 else b.grads
+        update = (torch._foreach_div(direction, b.denoms) if b.denoms is not None
+                  else torch._foreach_mul(direction, 1.0))
+        if beta1 > 0:
+            torch._foreach_div_(update, bias_corrections(beta1, b.states["step"]))
+        torch._foreach_mul_(update, lr.to(update[0].dtype))
+        torch._foreach_sub_(b.params, _like(update, b.params))
+
+
+def _like(tensors: list[Tensor], reference: list[Tensor]) -> list[Tensor]:
+    """``tensors`` cast to the dtypes of ``reference`` (low-precision params, float32 state)."""
+    if tensors[0].dtype == reference[0].dtype:
+        return tensors
+    return [t.to(r.dtype) for t, r in zip(tensors, reference)]

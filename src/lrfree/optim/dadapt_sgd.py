@@ -1,0 +1,116 @@
+"""D-Adaptation SGD (Defazio & Mishchenko 2023), as in the reference `dadaptation` package."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lrfree.optim._base import (
+    Bucket, LRFreeOptimizer, check_positive, check_unit_interval, sum_dot, sum_sq, total,
+)
+from lrfree.rules.dadapt import DAdaptEstimate
+
+
+class DAdaptSGD(LRFreeOptimizer):
+    r"""SGD with the D-Adaptation estimate of the distance to the solution.
+
+    In dual-averaging form, with :math:`\gamma_k` the group's ``lr`` and
+    :math:`\lambda_k = d_k\gamma_k/\lVert g_1\rVert`:
+
+    .. math::
+        r_k = r_{k-1} + \lambda_k\langle g_k, s_{k-1}\rangle,\quad
+        s_k = s_{k-1} + \lambda_k g_k,\quad
+        d_{k+1} = \max(d_k, \min(2r_k/\lVert s_k\rVert,\ \mathrm{growth\_rate}\cdot d_k)),
+
+        z_{k+1} = x_0 - s_k,\quad
+        x_{k+1} = \mu x_k + (1-\mu) z_{k+1}
+
+    (momentum :math:`\mu` is primal averaging, as in the reference package, whose
+    trajectory this follows to float rounding). ``effective_lr`` = :math:`\lambda_k`, the
+    lr torch.optim.SGD would need without momentum.
+
+    Args:
+        params: parameters or param groups; ``lr`` multiplies the estimated step,
+            per-group values are relative multipliers (the reference package raises for
+            them), ``lr=0`` freezes a group.
+        momentum: primal-averaging coefficient in [0, 1).
+        weight_decay: decoupled by default: the dual iterate z shrinks by
+            ``effective_lr * weight_decay`` per step (the anchor x_0 absorbs it);
+            ``decouple=False`` adds ``weight_decay * x`` to the gradient (L2), as the
+            reference package does.
+        d0, growth_rate, foreach, nonfinite, state_dtype: as in :class:`lrfree.PSDASGD`.
+
+    State: ``s`` and the anchor ``x0`` per parameter.
+
+    Example::
+
+        opt = lrfree.DAdaptSGD(model.parameters(), momentum=0.9)
+    """
+
+    def __init__(self, params: Any, lr: float = 1.0, momentum: float = 0.0,
+                 weight_decay: float = 0.0, decouple: bool = True, d0: float = 1e-6,
+                 growth_rate: float = float("inf"), *, foreach: bool | None = None,
+                 nonfinite: str = "skip", state_dtype: str = "float32") -> None:
+        check_unit_interval("momentum", momentum)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        check_positive("d0", d0)
+        check_positive("growth_rate", growth_rate)
+        if growth_rate < 1:
+            raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        decouple=bool(decouple), d0=d0, growth_rate=growth_rate, d=d0,
+                        d_hat=0.0)
+        super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
+                         state_dtype=state_dtype)
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("s", "x0")
+
+    def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
+        if name == "x0":
+            return p.detach().to(dtype, copy=True)
+        return super()._initial_state(name, p, dtype)
+
+    def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
+        group0 = self.param_groups[0]
+        device = buckets[0].params[0].device
+        dtype = self._scalar_dtype()
+        est = self._estimate(lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt), device)
+        dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
+        for b in buckets:
+            torch._foreach_add_(b.states["step"], 1.0)
+            if b.group["weight_decay"] != 0 and not b.group["decouple"]:
+                b.grads = torch._foreach_add(b.grads, _cast(b.params, b.grads),
+                                             alpha=b.group["weight_decay"])
+            gamma = b.group["lr"]
+            sq = sum_sq(b.grads).to(dtype)
+            dot_gs.append(gamma * sum_dot(b.grads, b.states["s"]).to(dtype))
+            sq_g.append(sq)
+            sq_g_weighted.append(gamma * gamma * sq)
+            sq_s.append(sum_sq(b.states["s"]).to(dtype))
+        DAdaptEstimate.set_grad_norm0(est, total(sq_g, device))
+        lam = DAdaptEstimate.base_step(est)
+        DAdaptEstimate.update(est, lam, total(dot_gs, device), total(sq_g_weighted, device),
+                              total(sq_s, device), group0["growth_rate"])
+        for b in buckets:
+            group = b.group
+            step = (lam * group["lr"]).to(b.grads[0].dtype)
+            torch._foreach_add_(b.states["s"], torch._foreach_mul(b.grads, step))
+            z = torch._foreach_sub(b.states["x0"], b.states["s"])
+            if group["weight_decay"] != 0 and group["decouple"]:
+                decay = step * group["weight_decay"]
+                torch._foreach_sub_(b.states["x0"], torch._foreach_mul(z, decay))
+                z = torch._foreach_sub(b.states["x0"], b.states["s"])
+            momentum = group["momentum"]
+            torch._foreach_mul_(b.params, momentum)
+            torch._foreach_add_(b.params, _cast(z, b.params), alpha=1.0 - momentum)
+        for group in self.param_groups:
+            group["d"], group["d_hat"] = est["d"], est["d_hat"]
+            group["effective_lr"] = lam * group["lr"]
+
+
+def _cast(tensors: list[Tensor], reference: list[Tensor]) -> list[Tensor]:
+    if tensors[0].dtype == reference[0].dtype:
+        return tensors
+    return [t.to(r.dtype) for t, r in zip(tensors, reference)]

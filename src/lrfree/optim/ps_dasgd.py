@@ -1,0 +1,152 @@
+"""PS-DA-SGD: D-Adaptation SGD run in the parameter-scaled space of Adam."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lrfree.optim import _scaled
+from lrfree.optim._base import (
+    Bucket, LRFreeOptimizer, check_betas, check_choice, check_positive, sum_dot, sum_sq, total,
+)
+from lrfree.rules.dadapt import DAdaptEstimate
+from lrfree.scaling import Scaling, bias_corrections, get_scaling
+
+
+class PSDASGD(LRFreeOptimizer):
+    r"""Learning-rate-free Adam: D-Adaptation SGD on the Adam-rescaled network.
+
+    With ``a_k`` from the scaling (Adam: :math:`\sqrt{\hat v_k}+\epsilon`), the
+    normaliser :math:`N = \mathrm{mean}(a_1)` (frozen at the first step), the scaled
+    gradient :math:`g'_k = g_k\sqrt{N/a_k}` and :math:`\gamma_k` the group's ``lr``:
+
+    .. math::
+        \lambda_k = d_k\gamma_k/\lVert g'_1\rVert,\quad
+        r_k = r_{k-1} + \lambda_k\langle g'_k, s_{k-1}\rangle,\quad
+        s_k = s_{k-1} + \lambda_k g'_k,
+
+        \hat d = 2r_k/\lVert s_k\rVert,\quad
+        d_{k+1} = \max(d_k, \min(\mathrm{d\_coef}\cdot\hat d,\ \mathrm{growth\_rate}\cdot d_k)),
+
+        x_{k+1} = x_k - \lambda_k N\,\hat m_k / a_k .
+
+    ``effective_lr`` = :math:`\lambda_k N` is the lr ``torch.optim.Adam`` would need for the
+    same step; it is written into every param group after each step, beside ``d`` and
+    ``d_hat`` (0-d tensors: ``float(opt.param_groups[0]["effective_lr"])`` to log).
+
+    Args:
+        params: parameters or param groups. A group's ``lr`` multiplies the estimated step
+            (default 1.0; torch LR schedulers compose); different groups may use different
+            multipliers; ``lr=0`` freezes a group (its gradients do not move the estimate).
+        betas: (beta1, beta2) of Adam. beta1 = 0 uses the raw gradient as direction.
+        eps: added to ``sqrt(v_hat)`` as in Adam.
+        weight_decay: decoupled (AdamW-style, scaled by ``effective_lr``) unless
+            ``decouple=False``, which adds ``weight_decay * x`` to the gradient (L2).
+        scaling: the alpha rule: "adam", "amsgrad", "rmsprop", "adagrad" or "none".
+        alpha_norm: "initial" (default: N frozen at step 1), "running" (N recomputed every
+            step, with G0 replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not
+            invariant to rescaling alpha: for ablations).
+        d0: initial estimate of the distance to the solution (in scaled units).
+        d_coef: multiplier on the estimate ``d_hat``; < 1 is more conservative.
+        growth_rate: bound on the growth of ``d`` per step (default: unbounded).
+        foreach: multi-tensor kernels (default: where available) or one tensor at a time.
+        nonfinite: "skip" (default: a step with a non-finite gradient or loss is skipped
+            and counted in ``group["skipped_steps"]``, nothing changes), "raise", or
+            "unchecked" (no check, no host sync).
+        state_dtype: "float32" keeps the state of bf16/fp16 parameters in float32;
+            "param" keeps it in the parameter dtype.
+
+    Global settings (``scaling``, ``alpha_norm``, ``d0``, ``d_coef``, ``growth_rate``) are read from the
+    first param group; the estimate is one set of scalars shared by all groups.
+
+    Example::
+
+        opt = lrfree.PSDASGD(model.parameters())
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step()
+
+    Failure modes: ``d`` grows from ``d0`` in the first ~40 steps and never decreases; an
+    overshoot stays, and without a schedule the step does not decay under gradient noise.
+    Use a schedule (``lr`` multiplier) or ``d_coef < 1`` when the estimate overshoots.
+    """
+
+    def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = True,
+                 scaling: str | Scaling = "adam", alpha_norm: str = "initial", d0: float = 1e-6,
+                 d_coef: float = 1.0, growth_rate: float = float("inf"), *,
+                 foreach: bool | None = None, nonfinite: str = "skip",
+                 state_dtype: str = "float32") -> None:
+        betas = check_betas(betas)
+        check_positive("eps", eps, allow_zero=True)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        check_positive("d0", d0)
+        check_positive("d_coef", d_coef)
+        check_positive("growth_rate", growth_rate)
+        if growth_rate < 1:
+            raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
+        check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
+        scaling = get_scaling(scaling)
+        if scaling.name in ("adam", "amsgrad", "rmsprop") and eps == 0:
+            raise ValueError("eps=0 is invalid with this scaling: a zero second moment would "
+                             "divide by zero; use eps > 0 (default 1e-8)")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        decouple=bool(decouple), scaling=scaling.name, alpha_norm=alpha_norm,
+                        d0=d0, d_coef=d_coef, growth_rate=growth_rate, d=d0, d_hat=0.0)
+        super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
+                         state_dtype=state_dtype)
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        momentum = ("m",) if group["betas"][0] > 0 else ()
+        scaling = get_scaling(self.param_groups[0]["scaling"])
+        return (*momentum, *scaling.state_names, "s")
+
+    def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
+        group0 = self.param_groups[0]
+        device = buckets[0].params[0].device
+        dtype = self._scalar_dtype()
+        est = self._estimate(lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt), device)
+        first = "alpha_norm" not in est
+        _scaled.advance_moments(buckets, get_scaling(group0["scaling"]))
+        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first, device, dtype)
+        _scaled.scale_gradients(buckets, norm)
+
+        dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
+        for b in buckets:
+            gamma = b.group["lr"]
+            dot = sum_dot(b.scaled, b.states["s"]).to(dtype)
+            sq = sum_sq(b.scaled).to(dtype)
+            dot_gs.append(gamma * dot)
+            sq_g.append(sq)
+            sq_g_weighted.append(gamma * gamma * sq)
+            sq_s.append(sum_sq(b.states["s"]).to(dtype))
+        sq_norm_g = total(sq_g, device)
+        DAdaptEstimate.set_grad_norm0(est, sq_norm_g)
+        lam = self._base_step(est, sq_norm_g, group0)
+        DAdaptEstimate.update(est, lam, total(dot_gs, device), total(sq_g_weighted, device),
+                              total(sq_s, device), group0["growth_rate"], group0["d_coef"])
+
+        lrs = {}
+        for b in buckets:
+            step = (lam * b.group["lr"]).to(b.scaled[0].dtype)
+            torch._foreach_add_(b.states["s"], torch._foreach_mul(b.scaled, step))
+            lrs[id(b.group)] = lam * b.group["lr"] * norm
+        _scaled.apply_step(buckets, lrs)
+        for group in self.param_groups:
+            group["d"], group["d_hat"] = est["d"], est["d_hat"]
+            group["effective_lr"] = lam * group["lr"] * norm
+
+    def _base_step(self, est: dict[str, Tensor], sq_norm_g: Tensor,
+                   group0: dict[str, Any]) -> Tensor:
+        """lambda_k / gamma: d / G0, or d / sqrt(EMA of ||g'||^2) for alpha_norm="running"."""
+        if group0["alpha_norm"] != "running":
+            return DAdaptEstimate.base_step(est)
+        beta2 = group0["betas"][1]
+        ema = est.get("sq_norm_ema", torch.zeros_like(sq_norm_g))
+        est["sq_norm_ema"] = beta2 * ema + (1.0 - beta2) * sq_norm_g
+        corrected = est["sq_norm_ema"] / bias_corrections(beta2, [est["step"] + 1])[0]
+        return est["d"] / torch.sqrt(corrected)

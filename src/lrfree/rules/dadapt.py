@@ -1,0 +1,85 @@
+"""D-Adaptation (Defazio & Mishchenko 2023): a lower bound on the distance to the solution.
+
+With the step ``lambda_k = d_k * gamma / G0`` and the weighted gradient sum
+``s_k = s_{k-1} + lambda_k * gamma * g_k``, the numerator ``r_k = r_{k-1} + lambda_k *
+<gamma * g_k, s_{k-1}>`` gives ``d_hat = 2 r_k / ||s_k||`` , a lower bound on
+``||x_0 - x*||`` for convex problems, and ``d`` only ever grows towards it.
+
+Everything is computed from three sums of one pass over the tensors, taken *before* ``s``
+is updated:
+
+    A = sum_g gamma_g <g_g, s_g>       B = sum_g gamma_g^2 ||g_g||^2       C = ||s||^2
+
+so that ``||s_k||^2 = C + 2 lambda A + lambda^2 B`` needs no second pass (and, under
+sharding, one all-reduce of a 3-vector).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class DAdaptEstimate:
+    """The scalars of the estimate, kept as a dict of 0-d tensors (resumable via state_dict).
+
+    Keys: ``d`` (current estimate), ``d_hat`` (latest lower bound), ``r`` (numerator),
+    ``grad_norm0`` (G0: norm of the first gradient, frozen), ``step`` (global step count).
+    """
+
+    @staticmethod
+    def initial(d0: float, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        def scalar(x: float) -> Tensor:
+            return torch.tensor(x, device=device, dtype=dtype)
+
+        return {
+            "d": scalar(d0),
+            "d_hat": scalar(0.0),
+            "r": scalar(0.0),
+            "grad_norm0": scalar(0.0),
+            "step": scalar(0.0),
+        }
+
+    @staticmethod
+    def set_grad_norm0(est: dict[str, Tensor], sq_norm: Tensor) -> None:
+        """Freeze G0 at the first non-zero gradient norm.
+
+        Steps before it (all gradients zero) take no step: lambda = 0, not d / 0.
+        """
+        g0 = est["grad_norm0"]
+        est["grad_norm0"] = torch.where(g0 > 0, g0, torch.sqrt(sq_norm))
+
+    @staticmethod
+    def base_step(est: dict[str, Tensor]) -> Tensor:
+        """lambda_k / gamma = d_k / G0: multiply by a group's gamma to get its step."""
+        g0 = est["grad_norm0"]
+        return torch.where(g0 > 0, est["d"] / g0, torch.zeros_like(g0))
+
+    @staticmethod
+    def update(
+        est: dict[str, Tensor],
+        lam: Tensor,
+        dot_gs: Tensor,
+        sq_norm_g: Tensor,
+        sq_norm_s: Tensor,
+        growth_rate: float,
+        d_coef: float = 1.0,
+    ) -> None:
+        """Advance r, d_hat and d from the sums A, B, C (see module docstring).
+
+        ``d_coef`` scales the bound before it can raise d (1: the published rule).
+        """
+        d = est["d"]
+        est["r"] = est["r"] + lam * dot_gs
+        sq_norm_s_new = sq_norm_s + 2.0 * lam * dot_gs + lam * lam * sq_norm_g
+        # ||s|| = 0 (every gradient so far was zero) leaves the bound undefined: keep d.
+        d_hat = torch.where(
+            sq_norm_s_new > 0, 2.0 * est["r"] / torch.sqrt(sq_norm_s_new), torch.zeros_like(d)
+        )
+        bound = d_coef * d_hat if d_coef != 1.0 else d_hat
+        if not math.isinf(growth_rate):
+            bound = torch.minimum(bound, growth_rate * d)
+        est["d_hat"] = d_hat
+        est["d"] = torch.maximum(d, bound)
+        est["step"] = est["step"] + 1

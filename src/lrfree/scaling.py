@@ -1,0 +1,97 @@
+"""Parameter scalings: the "adaptive" half of an adaptive method.
+
+An adaptive method that updates ``x -= lr * m / a`` is plain gradient descent on the
+parameters rescaled by ``alpha = sqrt(a)`` (Suh & Seo 2024). A scaling owns the
+per-coordinate statistics that define ``a`` and computes ``a_k`` from them:
+
+=========  ==============================================  =============
+name       a_k                                             state
+=========  ==============================================  =============
+adam       sqrt(v_k / (1 - beta2^k)) + eps                  v (EMA of g^2)
+amsgrad    sqrt(max_{i<=k} v_i / (1 - beta2^i)) + eps       v, v_max
+rmsprop    sqrt(v_k) + eps                                  v
+adagrad    sqrt(sum_i g_i^2) + eps                          v (sum of g^2)
+none       1                                                (nothing)
+=========  ==============================================  =============
+
+Every function works on lists of tensors with ``torch._foreach_*`` ops, so the same code
+runs one tensor at a time (lists of length one) or many at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+SCALINGS = ("adam", "amsgrad", "rmsprop", "adagrad", "none")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """One alpha rule. ``beta2`` and ``eps`` come from the optimizer's group."""
+
+    name: str
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        if self.name == "none":
+            return ()
+        if self.name == "amsgrad":
+            return ("v", "v_max")
+        return ("v",)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.name == "none"
+
+    def denominators(
+        self,
+        states: dict[str, list[Tensor]],
+        grads: list[Tensor],
+        steps: list[Tensor],
+        beta2: float,
+        eps: float,
+    ) -> list[Tensor] | None:
+        """Update the statistics with this step's gradients and return new tensors ``a_k``.
+
+        ``steps`` holds each tensor's own step count (already incremented), so a parameter
+        whose first gradient arrives late gets its own bias correction. Returns None for
+        the identity scaling (a = 1).
+        """
+        if self.name == "none":
+            return None
+        v = states["v"]
+        if self.name == "adagrad":
+            torch._foreach_addcmul_(v, grads, grads)
+        else:
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+        if self.name in ("adagrad", "rmsprop"):
+            a = torch._foreach_sqrt(v)
+        else:
+            bias2 = bias_corrections(beta2, steps)
+            v_hat = torch._foreach_div(v, bias2)
+            if self.name == "amsgrad":
+                torch._foreach_maximum_(states["v_max"], v_hat)
+                v_hat = states["v_max"]
+            a = torch._foreach_sqrt(v_hat)
+        torch._foreach_add_(a, eps)
+        return a
+
+
+def bias_corrections(beta: float, steps: list[Tensor]) -> list[Tensor]:
+    """``1 - beta**k`` for each tensor's step count ``k``, computed on the device."""
+    powers = torch._foreach_pow(beta, steps)
+    torch._foreach_neg_(powers)
+    torch._foreach_add_(powers, 1.0)
+    return powers
+
+
+def get_scaling(scaling: str | Scaling) -> Scaling:
+    """Resolve a scaling name; raises ValueError naming the argument for unknown names."""
+    if isinstance(scaling, Scaling):
+        return scaling
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling={scaling!r} is not known; use one of {', '.join(SCALINGS)}")
+    return Scaling(scaling)
