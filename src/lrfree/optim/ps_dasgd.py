@@ -99,11 +99,13 @@ class PSDASGD(LRFreeOptimizer):
                         d0=d0, d_coef=d_coef, growth_rate=growth_rate, d=d0, d_hat=0.0)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
                          state_dtype=state_dtype)
+        # The group keeps the name (state_dict stays plain data); the object may be a
+        # user-defined Scaling.
+        self._scaling = scaling
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         momentum = ("m",) if group["betas"][0] > 0 else ()
-        scaling = get_scaling(self.param_groups[0]["scaling"])
-        return (*momentum, *scaling.state_names, "s")
+        return (*momentum, *self._scaling.state_names, "s")
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         group0 = self.param_groups[0]
@@ -111,7 +113,7 @@ class PSDASGD(LRFreeOptimizer):
         dtype = self._scalar_dtype()
         est = self._estimate(lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt), device)
         first = "alpha_norm" not in est
-        _scaled.advance_moments(buckets, get_scaling(group0["scaling"]))
+        _scaled.advance_moments(buckets, self._scaling)
         norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first, device, dtype)
         _scaled.scale_gradients(buckets, norm)
 

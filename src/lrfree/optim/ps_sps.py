@@ -92,10 +92,13 @@ class PSSPS(LRFreeOptimizer):
                         polyak_step=0.0)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
                          state_dtype=state_dtype)
+        # The group keeps the name (state_dict stays plain data); the object may be a
+        # user-defined Scaling.
+        self._scaling = scaling
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         momentum = ("m",) if group["betas"][0] > 0 else ()
-        return (*momentum, *get_scaling(self.param_groups[0]["scaling"]).state_names)
+        return (*momentum, *self._scaling.state_names)
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         assert loss is not None
@@ -104,7 +107,7 @@ class PSSPS(LRFreeOptimizer):
         dtype = self._scalar_dtype()
         est = self._estimate(PolyakStep.initial, device)
         first = "alpha_norm" not in est
-        _scaled.advance_moments(buckets, get_scaling(group0["scaling"]))
+        _scaled.advance_moments(buckets, self._scaling)
         norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first, device, dtype)
         _scaled.scale_gradients(buckets, norm)
         sq_norm_g = _scaled.sq_norm_scaled(buckets, device).to(dtype)

@@ -1,0 +1,90 @@
+"""PS-DA-SGD in the spec's notation (section 4), one tensor at a time."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lrfree.reference._common import active_params, alpha_denominator, init_state, momentum_direction
+
+
+class PSDASGDReference(torch.optim.Optimizer):
+    """Same arguments and state names as :class:`lrfree.PSDASGD`; scalars are floats in
+    ``self.scalars`` (d, d_hat, r, N0, G0, k)."""
+
+    def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decouple=True, scaling="adam", alpha_norm="initial", d0=1e-6, d_coef=1.0,
+                 growth_rate=math.inf):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decouple=decouple))
+        self.scaling, self.alpha_norm = scaling, alpha_norm
+        self.d_coef, self.growth_rate = d_coef, growth_rate
+        self.scalars = dict(d=d0, d_hat=0.0, r=0.0, N0=None, G0=0.0, k=0, u=0.0)
+
+    @torch.no_grad()
+    def step(self, closure=None, *, loss=None):
+        sc = self.scalars
+        items = list(active_params(self))
+        if not items:
+            return loss
+        sc["k"] += 1
+        a, g_scaled, direction = {}, {}, {}
+        for group, p in items:
+            beta1, beta2 = group["betas"]
+            state = self.state[p]
+            names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max")}.get(
+                self.scaling, ("v",)) + ("s",)
+            init_state(state, p, names)
+            state["step"] += 1
+            g = p.grad.clone()
+            if group["weight_decay"] and not group["decouple"]:
+                g = g + group["weight_decay"] * p
+            direction[p] = momentum_direction(state, g, state["step"], beta1)
+            a[p] = alpha_denominator(state, g, state["step"], self.scaling, beta2, group["eps"])
+            g_scaled[p] = g  # scaled below, once N is known
+
+        # N: mean of a over the elements with a gradient, frozen at the first step.
+        if self.scaling == "none" or self.alpha_norm == "none":
+            n = 1.0
+        elif self.alpha_norm == "running" or sc["N0"] is None:
+            n = sum(float(a[p].sum()) for _, p in items) / sum(a[p].numel() for _, p in items)
+        else:
+            n = sc["N0"]
+        if sc["N0"] is None:
+            sc["N0"] = n
+        if self.alpha_norm == "running":
+            sc["N0"] = n
+        for _, p in items:
+            if a[p] is not None:
+                g_scaled[p] = g_scaled[p] / torch.sqrt(a[p] / n)  # g' = g / alpha
+
+        sq_norm = sum(float((g_scaled[p] ** 2).sum()) for _, p in items)
+        if sc["G0"] == 0:
+            sc["G0"] = math.sqrt(sq_norm)
+        if self.alpha_norm == "running":
+            beta2 = self.param_groups[0]["betas"][1]
+            sc["u"] = beta2 * sc["u"] + (1 - beta2) * sq_norm
+            denominator = math.sqrt(sc["u"] / (1 - beta2 ** sc["k"]))
+        else:
+            denominator = sc["G0"]
+        lam = sc["d"] / denominator if denominator > 0 else 0.0
+
+        for group, p in items:  # r_k = r_{k-1} + sum_g lam_g <g', s_{k-1}>
+            s = self.state[p]["s"]
+            sc["r"] += lam * group["lr"] * float((g_scaled[p] * s).sum())
+        for group, p in items:  # s_k = s_{k-1} + lam_g g'
+            self.state[p]["s"] = self.state[p]["s"] + lam * group["lr"] * g_scaled[p]
+        s_norm = math.sqrt(sum(float((self.state[p]["s"] ** 2).sum()) for _, p in items))
+        d_hat = 2 * sc["r"] / s_norm if s_norm > 0 else 0.0
+        sc["d_hat"] = d_hat
+        d_next = max(sc["d"], min(self.d_coef * d_hat, self.growth_rate * sc["d"]))
+
+        for group, p in items:  # x <- x - lam_g N m_hat / a (decoupled decay first)
+            lr = lam * group["lr"] * n
+            if group["weight_decay"] and group["decouple"]:
+                p.mul_(1 - lr * group["weight_decay"])
+            step = direction[p] if a[p] is None else direction[p] / a[p]
+            p.sub_(lr * step)
+        sc["effective_lr"] = lam * n
+        sc["d"] = d_next
+        return loss

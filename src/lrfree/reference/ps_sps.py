@@ -1,0 +1,80 @@
+"""PS-SPS (spec section 5) and, with scaling="none" and beta1 = 0, SPS: one tensor at a time."""
+from __future__ import annotations
+
+import torch
+
+from lrfree.reference._common import (
+    active_params, alpha_denominator, init_state, loss_value, momentum_direction,
+)
+
+
+class PSSPSReference(torch.optim.Optimizer):
+    """Same arguments and state names as :class:`lrfree.PSSPS`; scalars are floats in
+    ``self.scalars`` (eta, cap, floor, N0, k)."""
+
+    def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, c=0.5, f_star=0.0,
+                 delta=1e-8, cap_start=1e-2, cap_growth=1.02, weight_decay=0.0, decouple=True,
+                 scaling="adam", alpha_norm="initial"):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decouple=decouple))
+        self.scaling, self.alpha_norm = scaling, alpha_norm
+        self.c, self.f_star, self.delta = c, f_star, delta
+        self.cap_start, self.cap_growth = cap_start, cap_growth
+        self.scalars = dict(eta=0.0, cap=0.0, floor=0.0, N0=None, k=0)
+
+    @torch.no_grad()
+    def step(self, closure=None, *, loss=None):
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        sc = self.scalars
+        items = list(active_params(self))
+        if not items:
+            return loss
+        sc["k"] += 1
+        a, g_scaled, direction = {}, {}, {}
+        for group, p in items:
+            beta1, beta2 = group["betas"]
+            state = self.state[p]
+            names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max")}.get(
+                self.scaling, ("v",))
+            init_state(state, p, names)
+            state["step"] += 1
+            g = p.grad.clone()
+            if group["weight_decay"] and not group["decouple"]:
+                g = g + group["weight_decay"] * p
+            direction[p] = momentum_direction(state, g, state["step"], beta1)
+            a[p] = alpha_denominator(state, g, state["step"], self.scaling, beta2, group["eps"])
+            g_scaled[p] = g
+
+        if self.scaling == "none" or self.alpha_norm == "none":
+            n = 1.0
+        elif self.alpha_norm == "running" or sc["N0"] is None:
+            n = sum(float(a[p].sum()) for _, p in items) / sum(a[p].numel() for _, p in items)
+        else:
+            n = sc["N0"]
+        if sc["N0"] is None or self.alpha_norm == "running":
+            sc["N0"] = n
+        for _, p in items:
+            if a[p] is not None:
+                g_scaled[p] = g_scaled[p] / torch.sqrt(a[p] / n)
+
+        # eta_P = max(l - f*, 0) / (c ||g'||^2 + delta), capped smoothly.
+        sq_norm = sum(float((g_scaled[p] ** 2).sum()) for _, p in items)
+        eta_polyak = max(loss_value(loss) - self.f_star, 0.0) / (self.c * sq_norm + self.delta)
+        if sc["floor"] == 0:
+            sc["floor"] = self.cap_start * eta_polyak
+        if sc["cap"] == 0:
+            sc["cap"] = sc["floor"]
+        eta = min(eta_polyak, sc["cap"])
+        sc["cap"] = self.cap_growth * max(eta, sc["floor"])
+        sc["eta"] = eta
+
+        for group, p in items:
+            lr = group["lr"] * eta * n
+            if group["weight_decay"] and group["decouple"]:
+                p.mul_(1 - lr * group["weight_decay"])
+            step = direction[p] if a[p] is None else direction[p] / a[p]
+            p.sub_(lr * step)
+        sc["effective_lr"] = eta * n
+        return loss
