@@ -11,7 +11,8 @@ from torch import nn
 class TinyNet(nn.Module):
     """A 2-layer tanh MLP plus a parameter that only receives gradients from step 4 on."""
 
-    def __init__(self, dtype: torch.dtype = torch.float64, seed: int = 1) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float64, seed: int = 1,
+                 zero_head: bool = False) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         # drawn in float64 and cast, so every dtype starts from the same point
@@ -20,7 +21,8 @@ class TinyNet(nn.Module):
 
         self.w1 = nn.Parameter(draw(8, 16) / 3)
         self.b1 = nn.Parameter(torch.zeros(16, dtype=dtype))
-        self.w2 = nn.Parameter(draw(16, 3) / 4)
+        # a zero head gives the first layer an exactly zero first gradient
+        self.w2 = nn.Parameter(draw(16, 3) / 4 * (0.0 if zero_head else 1.0))
         self.late = nn.Parameter(draw(3) / 10)
 
     def forward(self, x: torch.Tensor, step: int) -> torch.Tensor:

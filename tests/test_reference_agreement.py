@@ -27,9 +27,9 @@ def close(a, b, what):
     assert err <= RTOL, f"{what}: relative difference {err:.3g}"
 
 
-def lockstep(make_fast, make_ref, state_names, scalar_map, lrs=(1.0, 0.5)):
+def lockstep(make_fast, make_ref, state_names, scalar_map, lrs=(1.0, 0.5), zero_head=False):
     """Run both optimizers on identical copies of TinyNet and compare after every step."""
-    fast_net, ref_net = TinyNet(), TinyNet()
+    fast_net, ref_net = TinyNet(zero_head=zero_head), TinyNet(zero_head=zero_head)
     fast, ref = make_fast(param_groups(fast_net, lrs)), make_ref(param_groups(ref_net, lrs))
     x, y = batches()
     for step in range(STEPS):
@@ -126,6 +126,27 @@ def test_dadaptsgd_matches_reference(options, foreach):
         ("s", "x0"),
         {"d": "d", "d_hat": "d_hat", "r": "r", "grad_norm0": "G0"},
     )
+
+
+@pytest.mark.parametrize("cls,ref", [(lrfree.PSDASGD, PSDASGDReference),
+                                     (lrfree.PSSPS, PSSPSReference)])
+def test_zero_initialised_head_normaliser(cls, ref):
+    """Behind a zero head the first layer's first gradient is exactly zero: N0 must be the
+    mean over the elements with a non-zero gradient, in both implementations."""
+    lockstep(lambda groups: cls(groups), lambda groups: ref(groups), ("m", "v"),
+             {"alpha_norm": "N0"}, zero_head=True)
+    net = TinyNet(zero_head=True)
+    opt = cls(param_groups(net))
+    x, y = batches()
+    loss = torch.nn.functional.cross_entropy(net(x[:16], 0), y[:16])
+    loss.backward()
+    live = torch.cat([p.grad.reshape(-1) for p in net.parameters() if p.grad is not None])
+    assert (live == 0).any() and (live != 0).any()
+    opt.step(loss=loss)
+    a = torch.cat([(opt.state[p]["v"] / 0.001).sqrt().reshape(-1) + 1e-8
+                   for p in net.parameters() if p.grad is not None])
+    expected = float(a[live != 0].mean())
+    assert abs(float(opt.param_groups[0]["estimate"]["alpha_norm"]) / expected - 1) < 1e-12
 
 
 def test_frozen_group_is_untouched_and_leaves_estimate_alone():

@@ -15,6 +15,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from lrfree import distributed
+from lrfree.averaging import AveragingMixin
+
 NONFINITE_POLICIES = ("skip", "raise", "unchecked")
 LossLike = Tensor | float | None
 
@@ -71,6 +74,9 @@ class Bucket:
     params: list[Tensor]
     grads: list[Tensor]
     states: dict[str, list[Tensor]] = field(default_factory=dict)
+    #: the parameters as the optimizer knows them (state keys); ``params`` holds their
+    #: local shards when they are DTensors
+    keys: list[Tensor] = field(default_factory=list)
     #: a_k of the scaling (None for the identity) and the scaled gradient g' = g / alpha
     denoms: list[Tensor] | None = None
     scaled: list[Tensor] = field(default_factory=list)
@@ -78,7 +84,8 @@ class Bucket:
     def split(self) -> list["Bucket"]:
         """One bucket per tensor: the per-tensor (non-foreach) execution path."""
         return [
-            Bucket(self.group, [p], [g], {k: [v[i]] for k, v in self.states.items()})
+            Bucket(self.group, [p], [g], {k: [v[i]] for k, v in self.states.items()},
+                   [self.keys[i]])
             for i, (p, g) in enumerate(zip(self.params, self.grads))
         ]
 
@@ -92,19 +99,21 @@ def sum_sq(xs: list[Tensor]) -> Tensor:
     return sum_dot(xs, xs)
 
 
-def total(parts: list[Tensor], device: torch.device) -> Tensor:
-    """Sum 0-d tensors that may sit on several devices, onto ``device``."""
-    return torch.stack([p.to(device) for p in parts]).sum()
+def total(parts: list[Tensor], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """Sum 0-d tensors that may sit on several devices, onto ``device`` (0 for none)."""
+    if not parts:
+        return torch.zeros((), device=device, dtype=dtype or torch.float32)
+    return torch.stack([p.to(device, dtype or p.dtype) for p in parts]).sum()
 
 
-class LRFreeOptimizer(torch.optim.Optimizer):
+class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
     """Base class: subclasses declare their state tensors and implement ``_update``."""
 
     #: Polyak methods need the mini-batch loss at every step
     needs_loss = False
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, foreach: bool | None,
-                 nonfinite: str, state_dtype: str) -> None:
+                 nonfinite: str, state_dtype: str, process_group: Any = None) -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         check_choice("state_dtype", state_dtype, ("float32", "param"))
         check_choice("foreach", foreach, (None, True, False))
@@ -115,6 +124,9 @@ class LRFreeOptimizer(torch.optim.Optimizer):
         self._foreach = foreach
         self._nonfinite = nonfinite
         self._state_dtype = state_dtype
+        # Configuration, not state: which group the parameters are sharded over.
+        self._shard_group = distributed.shard_group(
+            [p for g in self.param_groups for p in g["params"]], process_group)
 
     # ----------------------------------------------------------------- hooks
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
@@ -131,6 +143,11 @@ class LRFreeOptimizer(torch.optim.Optimizer):
         Pass either ``closure`` (re-evaluates the model and returns the loss) or
         ``loss=`` (a float or a 0-d tensor; no ``.item()`` needed). Returns the loss.
         """
+        if self.param_groups[0].get("averaged_in"):
+            raise RuntimeError(
+                f"{type(self).__name__}.step() called while the averaged weights are in the "
+                "model: call opt.train() first (opt.eval() swapped them in)"
+            )
         returned = loss
         if closure is not None:
             if loss is not None:
@@ -139,9 +156,10 @@ class LRFreeOptimizer(torch.optim.Optimizer):
                 returned = closure()
             loss = returned
         buckets = self._gather()
-        if not buckets:
+        if not buckets and self._shard_group is None:
             return returned
-        loss_tensor = self._loss_tensor(loss, buckets[0].params[0].device)
+        # A sharded rank without gradients still joins every collective, with zeros.
+        loss_tensor = self._loss_tensor(loss, self._device())
         if self.needs_loss and loss_tensor is None:
             raise ValueError(
                 f"{type(self).__name__} needs the mini-batch loss: call opt.step(loss=loss) "
@@ -157,6 +175,16 @@ class LRFreeOptimizer(torch.optim.Optimizer):
         return returned
 
     # -------------------------------------------------------------- helpers
+    def _device(self) -> torch.device:
+        return distributed.local(self.param_groups[0]["params"][0]).device
+
+    def _reduce(self, values: list[Tensor]) -> list[Tensor]:
+        """Sum scalars over the shard group in one collective (identity when unsharded)."""
+        if self._shard_group is None:
+            return values
+        stacked = distributed.all_reduce_sum(torch.stack(values), self._shard_group)
+        return list(stacked.unbind())
+
     def _use_foreach(self, buckets: list[Bucket]) -> bool:
         if self._foreach is not None:
             return self._foreach
@@ -180,22 +208,23 @@ class LRFreeOptimizer(torch.optim.Optimizer):
             if group["lr"] == 0:
                 continue
             by_key: dict[tuple[torch.device, torch.dtype], Bucket] = {}
-            for p in group["params"]:
-                if p.grad is None:
+            for key in group["params"]:
+                if key.grad is None:
                     continue
-                if p.grad.is_sparse:
+                p, grad = distributed.local(key), distributed.local(key.grad)
+                if grad.is_sparse:
                     raise RuntimeError(
                         f"{type(self).__name__} does not support sparse gradients; "
                         "use dense gradients (e.g. nn.Embedding(sparse=False))"
                     )
                 dtype = self._state_dtype_for(p)
-                key = (p.device, dtype)
-                if key not in by_key:
-                    by_key[key] = Bucket(group, [], [])
-                    buckets.append(by_key[key])
-                grad = p.grad if p.grad.dtype == dtype else p.grad.to(dtype)
-                by_key[key].params.append(p)
-                by_key[key].grads.append(grad)
+                if (p.device, dtype) not in by_key:
+                    by_key[(p.device, dtype)] = Bucket(group, [], [])
+                    buckets.append(by_key[(p.device, dtype)])
+                bucket = by_key[(p.device, dtype)]
+                bucket.params.append(p)
+                bucket.grads.append(grad if grad.dtype == dtype else grad.to(dtype))
+                bucket.keys.append(key)
         return buckets
 
     def _loss_tensor(self, loss: LossLike, device: torch.device) -> Tensor | None:
@@ -207,10 +236,16 @@ class LRFreeOptimizer(torch.optim.Optimizer):
                     f"loss must be a scalar; got shape {tuple(loss.shape)}: reduce it first "
                     "(e.g. loss.mean())"
                 )
-            return loss.detach().reshape(()).to(device=device, dtype=self._scalar_dtype())
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            return torch.tensor(float(loss), device=device, dtype=self._scalar_dtype())
-        raise ValueError(f"loss must be a float or a 0-d tensor; got {type(loss).__name__}")
+            value = distributed.local(loss.detach()).reshape(())
+            value = value.to(device=device, dtype=self._scalar_dtype())
+        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            value = torch.tensor(float(loss), device=device, dtype=self._scalar_dtype())
+        else:
+            raise ValueError(f"loss must be a float or a 0-d tensor; got {type(loss).__name__}")
+        if self.needs_loss:
+            # each rank computed the loss of its own batch; the step must agree everywhere
+            value = distributed.average(value, distributed.loss_group(self._shard_group))
+        return value
 
     def _scalar_dtype(self) -> torch.dtype:
         wide = any(p.dtype == torch.float64 for g in self.param_groups for p in g["params"])
@@ -220,15 +255,17 @@ class LRFreeOptimizer(torch.optim.Optimizer):
         """Apply the non-finite policy; the one host sync of a step happens here."""
         if self._nonfinite == "unchecked":
             return True
-        device = buckets[0].params[0].device
+        device = self._device()
         # max |g| cannot overflow where a sum of squares of large finite values could.
         peaks = [
             torch.stack(torch._foreach_norm(b.grads, float("inf"))).max().to(device, torch.float32)
             for b in buckets
         ]
         if loss is not None:
-            peaks.append(loss.abs().to(torch.float32))
-        finite = bool(torch.isfinite(torch.stack(peaks)).all())
+            peaks.append(loss.abs().to(device, torch.float32))
+        bad = (~torch.isfinite(torch.stack(peaks))).sum().to(torch.float32) if peaks else \
+            torch.zeros((), device=device)
+        finite = not bool(self._reduce([bad])[0])
         if finite:
             return True
         if self._nonfinite == "raise":
@@ -244,8 +281,8 @@ class LRFreeOptimizer(torch.optim.Optimizer):
         for bucket in buckets:
             names = self._state_names(bucket.group)
             lists: dict[str, list[Tensor]] = {name: [] for name in (*names, "step")}
-            for p, g in zip(bucket.params, bucket.grads):
-                state = self.state[p]
+            for key, p, g in zip(bucket.keys, bucket.params, bucket.grads):
+                state = self.state[key]
                 if "step" not in state:
                     state["step"] = torch.zeros((), device=p.device, dtype=g.dtype)
                     for name in names:
@@ -255,6 +292,8 @@ class LRFreeOptimizer(torch.optim.Optimizer):
             bucket.states = lists
 
     def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
+        if name == "x_avg":  # the average of a parameter that has not moved yet
+            return p.detach().to(dtype, copy=True)
         return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
     def _estimate(self, initial: Callable[[torch.device, torch.dtype], dict[str, Tensor]],

@@ -12,6 +12,8 @@ step of still-training parameters from shrinking when others converge (requireme
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,7 @@ from lrfree.optim._base import Bucket, sum_sq, total
 from lrfree.scaling import Scaling, bias_corrections
 
 ALPHA_NORMS = ("initial", "running", "none")
+Reduce = Callable[[list[Tensor]], list[Tensor]]
 
 
 def advance_moments(buckets: list[Bucket], scaling: Scaling) -> None:
@@ -35,17 +38,29 @@ def advance_moments(buckets: list[Bucket], scaling: Scaling) -> None:
 
 
 def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, first: bool,
-                     device: torch.device, dtype: torch.dtype) -> Tensor:
-    """N: mean of a_k over the elements with a gradient, frozen at the first step ("initial"),
-    recomputed every step ("running"), or 1 ("none", and for the identity scaling)."""
-    if mode == "none" or buckets[0].denoms is None:
+                     identity: bool, reduce: Reduce, device: torch.device,
+                     dtype: torch.dtype) -> Tensor:
+    """N: the mean of a_k over the elements whose gradient is not zero, frozen at the first
+    step ("initial"), recomputed every step ("running"), or 1 ("none", identity scaling).
+
+    Elements with a zero gradient are left out: behind a zero-initialised layer every
+    earlier layer has an exactly zero first gradient, and their a = eps would drag N (and
+    with it the first steps) down by orders of magnitude (docs/algorithms.md section 3).
+    """
+    if mode == "none" or identity:
         est["alpha_norm"] = torch.ones((), device=device, dtype=dtype)
         return est["alpha_norm"]
     if mode == "initial" and not first:
         return est["alpha_norm"]
-    sums = total([torch.stack([a.sum() for a in b.denoms]).sum().to(dtype) for b in buckets], device)
-    count = sum(a.numel() for b in buckets for a in b.denoms)
-    est["alpha_norm"] = sums / count
+    sums = torch.zeros(4, device=device, dtype=dtype)
+    for b in buckets:
+        for a, g in zip(b.denoms, b.grads):
+            live = g != 0
+            sums = sums + torch.stack([torch.where(live, a, 0).sum(), live.sum(), a.sum(),
+                                       torch.tensor(a.numel())]).to(device, dtype)
+    live_sum, live_count, all_sum, all_count = reduce(list(sums.unbind()))
+    est["alpha_norm"] = torch.where(live_count > 0, live_sum / live_count.clamp(min=1),
+                                    all_sum / all_count.clamp(min=1))
     return est["alpha_norm"]
 
 
@@ -60,8 +75,8 @@ def scale_gradients(buckets: list[Bucket], norm: Tensor) -> None:
         torch._foreach_mul_(b.scaled, torch.sqrt(norm).to(b.scaled[0].dtype))
 
 
-def sq_norm_scaled(buckets: list[Bucket], device: torch.device) -> Tensor:
-    return total([sum_sq(b.scaled) for b in buckets], device)
+def sq_norm_scaled(buckets: list[Bucket], device: torch.device, dtype: torch.dtype) -> Tensor:
+    return total([sum_sq(b.scaled) for b in buckets], device, dtype)
 
 
 def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:

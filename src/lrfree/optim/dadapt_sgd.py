@@ -39,7 +39,8 @@ class DAdaptSGD(LRFreeOptimizer):
             ``effective_lr * weight_decay`` per step (the anchor x_0 absorbs it);
             ``decouple=False`` adds ``weight_decay * x`` to the gradient (L2), as the
             reference package does.
-        d0, growth_rate, foreach, nonfinite, state_dtype: as in :class:`lrfree.PSDASGD`.
+        d0, growth_rate, foreach, nonfinite, state_dtype, process_group: as in
+            :class:`lrfree.PSDASGD`.
 
     State: ``s`` and the anchor ``x0`` per parameter.
 
@@ -51,7 +52,8 @@ class DAdaptSGD(LRFreeOptimizer):
     def __init__(self, params: Any, lr: float = 1.0, momentum: float = 0.0,
                  weight_decay: float = 0.0, decouple: bool = True, d0: float = 1e-6,
                  growth_rate: float = float("inf"), *, foreach: bool | None = None,
-                 nonfinite: str = "skip", state_dtype: str = "float32") -> None:
+                 nonfinite: str = "skip", state_dtype: str = "float32",
+                 process_group: Any = None) -> None:
         check_unit_interval("momentum", momentum)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_positive("d0", d0)
@@ -62,7 +64,7 @@ class DAdaptSGD(LRFreeOptimizer):
                         decouple=bool(decouple), d0=d0, growth_rate=growth_rate, d=d0,
                         d_hat=0.0)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, process_group=process_group)
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("s", "x0")
@@ -74,8 +76,7 @@ class DAdaptSGD(LRFreeOptimizer):
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         group0 = self.param_groups[0]
-        device = buckets[0].params[0].device
-        dtype = self._scalar_dtype()
+        device, dtype = self._device(), self._scalar_dtype()
         est = self._estimate(lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt), device)
         dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
         for b in buckets:
@@ -89,10 +90,11 @@ class DAdaptSGD(LRFreeOptimizer):
             sq_g.append(sq)
             sq_g_weighted.append(gamma * gamma * sq)
             sq_s.append(sum_sq(b.states["s"]).to(dtype))
-        DAdaptEstimate.set_grad_norm0(est, total(sq_g, device))
+        sq_norm_g, dot, sq_weighted, sq_norm_s = self._reduce(
+            [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)])
+        DAdaptEstimate.set_grad_norm0(est, sq_norm_g)
         lam = DAdaptEstimate.base_step(est)
-        DAdaptEstimate.update(est, lam, total(dot_gs, device), total(sq_g_weighted, device),
-                              total(sq_s, device), group0["growth_rate"])
+        DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"])
         for b in buckets:
             group = b.group
             step = (lam * group["lr"]).to(b.grads[0].dtype)

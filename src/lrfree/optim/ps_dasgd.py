@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lrfree import averaging
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
     Bucket, LRFreeOptimizer, check_betas, check_choice, check_positive, sum_dot, sum_sq, total,
@@ -50,12 +51,20 @@ class PSDASGD(LRFreeOptimizer):
         d0: initial estimate of the distance to the solution (in scaled units).
         d_coef: multiplier on the estimate ``d_hat``; < 1 is more conservative.
         growth_rate: bound on the growth of ``d`` per step (default: unbounded).
+        average: keep a weighted average of the iterates (weights d_k^2 k^p, see
+            :mod:`lrfree.averaging`; one more state tensor). ``opt.eval()`` puts the
+            average into the model for evaluation and export, ``opt.train()`` puts the
+            training weights back; ``with opt.averaged(): ...`` does both.
+        average_power: p of the averaging weights (default 8).
         foreach: multi-tensor kernels (default: where available) or one tensor at a time.
         nonfinite: "skip" (default: a step with a non-finite gradient or loss is skipped
             and counted in ``group["skipped_steps"]``, nothing changes), "raise", or
             "unchecked" (no check, no host sync).
         state_dtype: "float32" keeps the state of bf16/fp16 parameters in float32;
             "param" keeps it in the parameter dtype.
+        process_group: the group the parameters are sharded over, when each rank holds
+            part of them (FSDP2 DTensor parameters are detected without it). Not needed
+            for DDP. The sums of the estimate are all-reduced over it once per step.
 
     Global settings (``scaling``, ``alpha_norm``, ``d0``, ``d_coef``, ``growth_rate``) are read from the
     first param group; the estimate is one set of scalars shared by all groups.
@@ -78,9 +87,10 @@ class PSDASGD(LRFreeOptimizer):
     def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = True,
                  scaling: str | Scaling = "adam", alpha_norm: str = "initial", d0: float = 1e-6,
-                 d_coef: float = 1.0, growth_rate: float = float("inf"), *,
+                 d_coef: float = 1.0, growth_rate: float = float("inf"),
+                 average: bool = False, average_power: float = 8.0, *,
                  foreach: bool | None = None, nonfinite: str = "skip",
-                 state_dtype: str = "float32") -> None:
+                 state_dtype: str = "float32", process_group: Any = None) -> None:
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
@@ -90,31 +100,35 @@ class PSDASGD(LRFreeOptimizer):
         if growth_rate < 1:
             raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
+        check_choice("average", average, (True, False))
+        check_positive("average_power", average_power, allow_zero=True)
         scaling = get_scaling(scaling)
         if scaling.name in ("adam", "amsgrad", "rmsprop") and eps == 0:
             raise ValueError("eps=0 is invalid with this scaling: a zero second moment would "
                              "divide by zero; use eps > 0 (default 1e-8)")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decouple=bool(decouple), scaling=scaling.name, alpha_norm=alpha_norm,
-                        d0=d0, d_coef=d_coef, growth_rate=growth_rate, d=d0, d_hat=0.0)
+                        d0=d0, d_coef=d_coef, growth_rate=growth_rate, average=average,
+                        average_power=average_power, d=d0, d_hat=0.0)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, process_group=process_group)
         # The group keeps the name (state_dict stays plain data); the object may be a
         # user-defined Scaling.
         self._scaling = scaling
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         momentum = ("m",) if group["betas"][0] > 0 else ()
-        return (*momentum, *self._scaling.state_names, "s")
+        average = ("x_avg",) if self.param_groups[0]["average"] else ()
+        return (*momentum, *self._scaling.state_names, "s", *average)
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         group0 = self.param_groups[0]
-        device = buckets[0].params[0].device
-        dtype = self._scalar_dtype()
+        device, dtype = self._device(), self._scalar_dtype()
         est = self._estimate(lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt), device)
         first = "alpha_norm" not in est
         _scaled.advance_moments(buckets, self._scaling)
-        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first, device, dtype)
+        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first,
+                                        self._scaling.is_identity, self._reduce, device, dtype)
         _scaled.scale_gradients(buckets, norm)
 
         dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
@@ -126,11 +140,14 @@ class PSDASGD(LRFreeOptimizer):
             sq_g.append(sq)
             sq_g_weighted.append(gamma * gamma * sq)
             sq_s.append(sum_sq(b.states["s"]).to(dtype))
-        sq_norm_g = total(sq_g, device)
+        # one collective for every sum of the step
+        sq_norm_g, dot, sq_weighted, sq_norm_s = self._reduce(
+            [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)])
         DAdaptEstimate.set_grad_norm0(est, sq_norm_g)
         lam = self._base_step(est, sq_norm_g, group0)
-        DAdaptEstimate.update(est, lam, total(dot_gs, device), total(sq_g_weighted, device),
-                              total(sq_s, device), group0["growth_rate"], group0["d_coef"])
+        d_used = est["d"]
+        DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"],
+                              group0["d_coef"])
 
         lrs = {}
         for b in buckets:
@@ -138,6 +155,9 @@ class PSDASGD(LRFreeOptimizer):
             torch._foreach_add_(b.states["s"], torch._foreach_mul(b.scaled, step))
             lrs[id(b.group)] = lam * b.group["lr"] * norm
         _scaled.apply_step(buckets, lrs)
+        if group0["average"]:
+            averaging.update(est, [b.params for b in buckets],
+                             [b.states["x_avg"] for b in buckets], d_used, group0["average_power"])
         for group in self.param_groups:
             group["d"], group["d_hat"] = est["d"], est["d_hat"]
             group["effective_lr"] = lam * group["lr"] * norm

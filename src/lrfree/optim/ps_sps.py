@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lrfree import averaging
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
     Bucket, LRFreeOptimizer, check_betas, check_choice, check_positive,
@@ -46,8 +47,12 @@ class PSSPS(LRFreeOptimizer):
             steps that are too large: pass a better bound or use weight decay instead.
         delta: added to the denominator so a zero gradient gives a finite step.
         cap_start, cap_growth: the smooth cap described above.
-        weight_decay, decouple, scaling, alpha_norm, foreach, nonfinite, state_dtype: as in
-            :class:`lrfree.PSDASGD` ("running" recomputes N every step).
+        average, average_power: iterate averaging as in :class:`lrfree.PSDASGD`, with
+            weights k^p (the Polyak rule has no distance estimate to weight by).
+        weight_decay, decouple, scaling, alpha_norm, foreach, nonfinite, state_dtype,
+            process_group: as in :class:`lrfree.PSDASGD` ("running" recomputes N every
+            step). Under torch.distributed the loss is averaged over the ranks (DDP and
+            FSDP give each rank its own batch; the Polyak step must agree everywhere).
 
     Example::
 
@@ -69,8 +74,10 @@ class PSSPS(LRFreeOptimizer):
                  eps: float = 1e-8, c: float = 0.5, f_star: float = 0.0, delta: float = 1e-8,
                  cap_start: float = 1e-2, cap_growth: float = 1.02, weight_decay: float = 0.0,
                  decouple: bool = True, scaling: str | Scaling = "adam",
-                 alpha_norm: str = "initial", *, foreach: bool | None = None,
-                 nonfinite: str = "skip", state_dtype: str = "float32") -> None:
+                 alpha_norm: str = "initial", average: bool = False,
+                 average_power: float = 8.0, *, foreach: bool | None = None,
+                 nonfinite: str = "skip", state_dtype: str = "float32",
+                 process_group: Any = None) -> None:
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_positive("c", c)
@@ -83,39 +90,45 @@ class PSSPS(LRFreeOptimizer):
             raise ValueError(f"cap_growth={cap_growth!r} is invalid: it must be >= 1")
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
+        check_choice("average", average, (True, False))
+        check_positive("average_power", average_power, allow_zero=True)
         scaling = get_scaling(scaling)
         if scaling.name in ("adam", "amsgrad", "rmsprop") and eps == 0:
             raise ValueError("eps=0 is invalid with this scaling: use eps > 0 (default 1e-8)")
         defaults = dict(lr=lr, betas=betas, eps=eps, c=c, f_star=float(f_star), delta=delta,
                         cap_start=cap_start, cap_growth=cap_growth, weight_decay=weight_decay,
                         decouple=bool(decouple), scaling=scaling.name, alpha_norm=alpha_norm,
-                        polyak_step=0.0)
+                        average=average, average_power=average_power, polyak_step=0.0)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, process_group=process_group)
         # The group keeps the name (state_dict stays plain data); the object may be a
         # user-defined Scaling.
         self._scaling = scaling
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         momentum = ("m",) if group["betas"][0] > 0 else ()
-        return (*momentum, *self._scaling.state_names)
+        average = ("x_avg",) if self.param_groups[0]["average"] else ()
+        return (*momentum, *self._scaling.state_names, *average)
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         assert loss is not None
         group0 = self.param_groups[0]
-        device = buckets[0].params[0].device
-        dtype = self._scalar_dtype()
+        device, dtype = self._device(), self._scalar_dtype()
         est = self._estimate(PolyakStep.initial, device)
         first = "alpha_norm" not in est
         _scaled.advance_moments(buckets, self._scaling)
-        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first, device, dtype)
+        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first,
+                                        self._scaling.is_identity, self._reduce, device, dtype)
         _scaled.scale_gradients(buckets, norm)
-        sq_norm_g = _scaled.sq_norm_scaled(buckets, device).to(dtype)
+        (sq_norm_g,) = self._reduce([_scaled.sq_norm_scaled(buckets, device, dtype)])
         eta = PolyakStep.update(est, loss.to(device, dtype), sq_norm_g, group0["f_star"],
                                 group0["c"], group0["delta"], group0["cap_start"],
                                 group0["cap_growth"])
         lrs = {id(b.group): eta * b.group["lr"] * norm for b in buckets}
         _scaled.apply_step(buckets, lrs)
+        if group0["average"]:  # weights k^p: the Polyak rule has no distance scale
+            averaging.update(est, [b.params for b in buckets], [b.states["x_avg"] for b in buckets],
+                             torch.ones_like(eta), group0["average_power"])
         for group in self.param_groups:
             group["polyak_step"] = eta
             group["effective_lr"] = eta * group["lr"] * norm

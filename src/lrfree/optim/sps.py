@@ -26,9 +26,9 @@ class SPS(PSSPS):
                  delta: float = 1e-8, cap_start: float = 1e-2, cap_growth: float = 1.02,
                  weight_decay: float = 0.0, decouple: bool = True, *,
                  foreach: bool | None = None, nonfinite: str = "skip",
-                 state_dtype: str = "float32") -> None:
+                 state_dtype: str = "float32", process_group: Any = None) -> None:
         super().__init__(params, lr=lr, betas=(0.0, 0.0), eps=0.0, c=c, f_star=f_star,
                          delta=delta, cap_start=cap_start, cap_growth=cap_growth,
                          weight_decay=weight_decay, decouple=decouple, scaling="none",
                          alpha_norm="none", foreach=foreach, nonfinite=nonfinite,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, process_group=process_group)

@@ -55,3 +55,12 @@ def loss_value(loss) -> float:
     if not math.isfinite(value):
         raise FloatingPointError("reference optimizers take finite losses only")
     return value
+
+
+def mean_over_live(a: dict, grads: dict, items) -> float:
+    """Mean of a over the elements whose gradient is not zero (all elements if none is)."""
+    live = [(a[p][grads[p] != 0]) for _, p in items]
+    count = sum(t.numel() for t in live)
+    if count == 0:
+        return sum(float(a[p].sum()) for _, p in items) / sum(a[p].numel() for _, p in items)
+    return sum(float(t.sum()) for t in live) / count

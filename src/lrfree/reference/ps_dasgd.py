@@ -5,7 +5,9 @@ import math
 
 import torch
 
-from lrfree.reference._common import active_params, alpha_denominator, init_state, momentum_direction
+from lrfree.reference._common import (
+    active_params, alpha_denominator, init_state, mean_over_live, momentum_direction,
+)
 
 
 class PSDASGDReference(torch.optim.Optimizer):
@@ -28,7 +30,7 @@ class PSDASGDReference(torch.optim.Optimizer):
         if not items:
             return loss
         sc["k"] += 1
-        a, g_scaled, direction = {}, {}, {}
+        a, g_scaled, direction, grads = {}, {}, {}, {}
         for group, p in items:
             beta1, beta2 = group["betas"]
             state = self.state[p]
@@ -42,12 +44,13 @@ class PSDASGDReference(torch.optim.Optimizer):
             direction[p] = momentum_direction(state, g, state["step"], beta1)
             a[p] = alpha_denominator(state, g, state["step"], self.scaling, beta2, group["eps"])
             g_scaled[p] = g  # scaled below, once N is known
+            grads[p] = g
 
         # N: mean of a over the elements with a gradient, frozen at the first step.
         if self.scaling == "none" or self.alpha_norm == "none":
             n = 1.0
         elif self.alpha_norm == "running" or sc["N0"] is None:
-            n = sum(float(a[p].sum()) for _, p in items) / sum(a[p].numel() for _, p in items)
+            n = mean_over_live(a, grads, items)
         else:
             n = sc["N0"]
         if sc["N0"] is None:

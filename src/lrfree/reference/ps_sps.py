@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lrfree.reference._common import (
-    active_params, alpha_denominator, init_state, loss_value, momentum_direction,
+    active_params, alpha_denominator, init_state, loss_value, mean_over_live, momentum_direction,
 )
 
 
@@ -50,7 +50,7 @@ class PSSPSReference(torch.optim.Optimizer):
         if self.scaling == "none" or self.alpha_norm == "none":
             n = 1.0
         elif self.alpha_norm == "running" or sc["N0"] is None:
-            n = sum(float(a[p].sum()) for _, p in items) / sum(a[p].numel() for _, p in items)
+            n = mean_over_live(a, g_scaled, items)
         else:
             n = sc["N0"]
         if sc["N0"] is None or self.alpha_norm == "running":

@@ -1,0 +1,4 @@
+"""`python -m lrfree.bench`: see `lrfree.bench.cli`."""
+from lrfree.bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""Optimizer configurations for the benchmark: name -> factory of an `OptimizerHandle`.
+
+Names:
+  ours (defaults, untuned)   psdasgd, psdasgd-avg, pssps, sps, dadaptsgd
+  hand-tuned baselines        adam@<lr>, adam-avg@<lr>, sgdm@<lr>   (any lr parses; the sweeps
+                              below are the registered grid)
+  LR-free peers (defaults)    dadapt-adam, prodigy, dog, sf-adamw, momsps
+
+Every method with an lr gets the task's schedule (cosine to zero over the run, no warmup, as
+a LambdaLR multiplier), except schedule-free AdamW and MomSPS, which have none to schedule
+(ALGORITHMS.md §8). Peer packages and our own classes are imported inside the builders, so
+this module imports even when one of them is missing.
+
+Weight decay is 0 everywhere; a task that wants decay passes param-group dicts carrying
+`weight_decay`, which every optimizer here honours through torch's group defaults.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lrfree.bench.tasks.base import OptimizerFactory, OptimizerHandle
+
+SCHEDULES = ("cosine", "none")
+SWEEP_LRS_ADAM = ("1e-4", "3e-4", "1e-3", "3e-3", "1e-2")
+SWEEP_LRS_SGD = ("1e-3", "3e-3", "1e-2", "3e-2", "1e-1")
+AVERAGE_POWER = 8.0
+
+Builder = Callable[[list[Any]], torch.optim.Optimizer]
+
+
+def _nan(_: torch.optim.Optimizer) -> float:
+    return math.nan
+
+
+def _group_lr(opt: torch.optim.Optimizer) -> float:
+    return float(opt.param_groups[0]["lr"])
+
+
+def _group_effective_lr(opt: torch.optim.Optimizer) -> float:
+    value = opt.param_groups[0].get("effective_lr")
+    return math.nan if value is None else float(value)
+
+
+def _d_times_lr(opt: torch.optim.Optimizer) -> float:
+    group = opt.param_groups[0]
+    return float(group["d"]) * float(group["lr"])
+
+
+def _dog_eta(opt: torch.optim.Optimizer) -> float:
+    # DoG fills `eta` (one entry per parameter, all equal for the global variant) at its first step.
+    eta = opt.param_groups[0].get("eta")
+    return float(eta[0]) if eta else math.nan
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How to build one configuration and how its handle must drive it."""
+
+    name: str
+    family: str  # "ours", "adam", "adam-avg", "sgd", "peer"
+    build: Builder
+    effective_lr: Callable[[torch.optim.Optimizer], float]
+    lr: float | None = None  # the hand-set lr of a sweep member
+    scheduled: bool = True  # has an lr the task's schedule multiplies
+    pass_loss: bool = False  # step(loss=...)
+    train_eval: bool = False  # the optimizer itself has train()/eval()
+    averaged: bool = False  # the handle keeps a k^p iterate average and evaluates at it
+
+
+class IterateAverage:
+    """Weighted average of the iterates with weights w_k = k^power.
+
+        x̄_k = x̄_{k-1} + (w_k / W_k)(x_k − x̄_{k-1}),   W_k = Σ_{j≤k} w_j
+
+    W_k itself overflows float32 near k = 6·10⁴ for power 8, so only the ratio
+    q_k = W_k / w_k = 1 + q_{k-1}·((k−1)/k)^power is kept (ALGORITHMS.md §4b).
+    `swap_in()` puts x̄ into the parameters for evaluation, `swap_out()` restores x.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], power: float = AVERAGE_POWER) -> None:
+        self.params = list(params)
+        self.power = power
+        self.k = 0
+        self.ratio = 0.0
+        self.average = [p.detach().clone() for p in self.params]
+        self._saved: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the current parameters into the average (call after each optimizer step)."""
+        if self._saved is not None:
+            raise RuntimeError("update() while the average is swapped in; call swap_out() first")
+        self.k += 1
+        self.ratio = 1.0 + self.ratio * ((self.k - 1) / self.k) ** self.power
+        weight = 1.0 / self.ratio
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], weight)
+
+    @torch.no_grad()
+    def swap_in(self) -> None:
+        """Replace the parameters by x̄ (idempotent)."""
+        if self._saved is None:
+            self._saved = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.average):
+                p.copy_(a)
+
+    @torch.no_grad()
+    def swap_out(self) -> None:
+        """Restore the training iterate x (idempotent)."""
+        if self._saved is not None:
+            for p, s in zip(self.params, self._saved):
+                p.copy_(s)
+            self._saved = None
+
+
+def cosine_multiplier(total_steps: int) -> Callable[[int], float]:
+    """lr multiplier for step k: cosine from 1 to 0 over `total_steps`, no warmup."""
+
+    def multiplier(k: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(k, total_steps) / max(total_steps, 1)))
+
+    return multiplier
+
+
+class Handle:
+    """The `OptimizerHandle` for every configuration; `spec` says what differs."""
+
+    def __init__(self, spec: OptimizerSpec, params: Iterable[Any], total_steps: int,
+                 schedule: str) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+        self.spec = spec
+        self.optimizer = spec.build(list(params))
+        self.scheduler = None
+        if spec.scheduled and schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, cosine_multiplier(total_steps)
+            )
+        self.average = None
+        if spec.averaged:
+            self.average = IterateAverage(
+                p for g in self.optimizer.param_groups for p in g["params"]
+            )
+        self.train()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.spec.pass_loss:
+            self.optimizer.step(loss=loss)
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.average is not None:
+            self.average.update()
+
+    def train(self) -> None:
+        if self.spec.train_eval:
+            self.optimizer.train()  # type: ignore[attr-defined]
+        if self.average is not None:
+            self.average.swap_out()
+
+    def eval(self) -> None:
+        if self.spec.train_eval:
+            self.optimizer.eval()  # type: ignore[attr-defined]
+        if self.average is not None:
+            self.average.swap_in()
+
+    def effective_lr(self) -> float:
+        return self.spec.effective_lr(self.optimizer)
+
+
+def _ours(class_name: str, **kwargs: Any) -> Builder:
+    def build(params: list[Any]) -> torch.optim.Optimizer:
+        import lrfree
+
+        return getattr(lrfree, class_name)(params, **kwargs)
+
+    return build
+
+
+def _peer(module: str, class_name: str, **kwargs: Any) -> Builder:
+    def build(params: list[Any]) -> torch.optim.Optimizer:
+        import importlib
+
+        return getattr(importlib.import_module(module), class_name)(params, **kwargs)
+
+    return build
+
+
+def _adam(lr: float) -> Builder:
+    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def _sgdm(lr: float) -> Builder:
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+_FIXED: dict[str, OptimizerSpec] = {
+    s.name: s
+    for s in [
+        OptimizerSpec("psdasgd", "ours", _ours("PSDASGD"), _group_effective_lr, pass_loss=True),
+        OptimizerSpec("psdasgd-avg", "ours", _ours("PSDASGD", average=True), _group_effective_lr,
+                      pass_loss=True, train_eval=True),
+        OptimizerSpec("pssps", "ours", _ours("PSSPS"), _group_effective_lr, pass_loss=True),
+        OptimizerSpec("sps", "ours", _ours("SPS"), _group_effective_lr, pass_loss=True),
+        OptimizerSpec("dadaptsgd", "ours", _ours("DAdaptSGD"), _group_effective_lr,
+                      pass_loss=True),
+        OptimizerSpec("dadapt-adam", "peer", _peer("dadaptation", "DAdaptAdam"), _d_times_lr),
+        OptimizerSpec("prodigy", "peer", _peer("prodigyopt", "Prodigy"), _d_times_lr),
+        OptimizerSpec("dog", "peer", _peer("dog", "DoG"), _dog_eta),
+        OptimizerSpec("sf-adamw", "peer", _peer("schedulefree", "AdamWScheduleFree"), _group_lr,
+                      scheduled=False, train_eval=True),
+        OptimizerSpec("momsps", "peer", _peer("momsps", "MomSPS"), _nan, scheduled=False,
+                      pass_loss=True),
+    ]
+}
+
+_SWEPT = re.compile(r"^(adam|adam-avg|sgdm)@([0-9.]+(?:e-?[0-9]+)?)$")
+
+PRESETS: dict[str, list[str]] = {
+    "ours": ["psdasgd", "psdasgd-avg", "pssps", "sps", "dadaptsgd"],
+    "adam-sweep": [f"adam@{lr}" for lr in SWEEP_LRS_ADAM],
+    "adam-avg-sweep": [f"adam-avg@{lr}" for lr in SWEEP_LRS_ADAM],
+    "sgd-sweep": [f"sgdm@{lr}" for lr in SWEEP_LRS_SGD],
+    "peers": ["dadapt-adam", "prodigy", "dog", "sf-adamw", "momsps"],
+}
+PRESETS["all"] = [n for key in list(PRESETS) for n in PRESETS[key]]
+# What a run gets when it names tasks but no optimizers: ours, the Adam sweep, two peers.
+PRESETS["default"] = ["psdasgd", "psdasgd-avg", "pssps", *PRESETS["adam-sweep"], "prodigy",
+                      "sf-adamw"]
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    """The configuration called `name` (a registered name or `adam|adam-avg|sgdm@<lr>`)."""
+    if name in _FIXED:
+        return _FIXED[name]
+    match = _SWEPT.match(name)
+    if match is None:
+        raise KeyError(f"unknown optimizer {name!r}; presets: {', '.join(PRESETS)}")
+    family, lr = match.group(1), float(match.group(2))
+    if family == "sgdm":
+        return OptimizerSpec(name, "sgd", _sgdm(lr), _group_lr, lr=lr)
+    return OptimizerSpec(name, family, _adam(lr), _group_lr, lr=lr, averaged=family == "adam-avg")
+
+
+def optimizer_names() -> list[str]:
+    """Every registered configuration name."""
+    return list(PRESETS["all"])
+
+
+def expand(names: Iterable[str]) -> list[str]:
+    """Expand presets into optimizer names, keeping order and dropping repeats."""
+    out: list[str] = []
+    for name in names:
+        for member in PRESETS.get(name, [name]):
+            get_spec(member)
+            if member not in out:
+                out.append(member)
+    return out
+
+
+def make_factory(name: str, schedule: str = "cosine") -> OptimizerFactory:
+    """The factory a task calls: (params, total_steps) -> handle for configuration `name`."""
+    spec = get_spec(name)
+
+    def factory(params: Iterable[Any], total_steps: int) -> OptimizerHandle:
+        return Handle(spec, params, total_steps, schedule)
+
+    return factory

@@ -1,0 +1,72 @@
+"""The one place that knows about process groups.
+
+The learning-rate-free estimates are global sums over every parameter element. Under data
+parallelism (DDP) each rank holds every parameter and the same averaged gradient, so the
+local sums are already global and nothing needs communicating. Under sharding (FSDP2's
+DTensor parameters, or any layout where each rank holds part of the parameters, declared
+with ``process_group=``) each rank sums its shard and the sums are all-reduced: one small
+vector per reduction point, on the parameters' device. Every rank takes part in every
+collective, also when it has no gradient this step (its contribution is zero).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch without distributed support
+    DTensor = None  # type: ignore[assignment, misc]
+
+
+def is_dtensor(t: Tensor) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: Tensor) -> Tensor:
+    """The rank-local shard of a DTensor; any other tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_group(params: list[Tensor], process_group: Any) -> Any:
+    """The group over which parameters are sharded: the explicit argument, else the mesh of
+    DTensor parameters (a 1-D mesh: FSDP2's default), else None (not sharded)."""
+    if process_group is not None:
+        return process_group
+    for p in params:
+        if is_dtensor(p):
+            mesh = p.device_mesh
+            if mesh.ndim != 1:
+                raise ValueError(
+                    "lrfree supports DTensor parameters on a 1-D device mesh; for other "
+                    "layouts pass process_group= the group the parameters are sharded over"
+                )
+            return mesh.get_group()
+    return None
+
+
+def all_reduce_sum(values: Tensor, group: Any) -> Tensor:
+    """Sum a small vector over the group in place (no-op without a group)."""
+    if group is not None:
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM, group=group)
+    return values
+
+
+def loss_group(shard: Any) -> Any:
+    """The group the mini-batch loss is averaged over: each rank sees its own batch under
+    DDP and FSDP, and the Polyak step must be the same on every rank."""
+    if shard is not None:
+        return shard
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.group.WORLD
+    return None
+
+
+def average(value: Tensor, group: Any) -> Tensor:
+    if group is None:
+        return value
+    out = value.clone().reshape(1)
+    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM, group=group)
+    return (out / torch.distributed.get_world_size(group)).reshape(())
