@@ -7,7 +7,7 @@ import torch
 
 import lrfree
 from lrfree.scaling import Scaling
-from problems import TinyNet, batches, flat, param_groups, train
+from problems import batches, flat, train
 
 dadaptation = pytest.importorskip("dadaptation")
 

@@ -220,6 +220,18 @@ _FIXED: dict[str, OptimizerSpec] = {
                       scheduled=False, train_eval=True),
         OptimizerSpec("momsps", "peer", _peer("momsps", "MomSPS"), _nan, scheduled=False,
                       pass_loss=True),
+        # Ablations of the choices the spec leaves open (family "ablation": not ranked).
+        *[OptimizerSpec(name, "ablation", _ours(cls, **kw), _group_effective_lr,
+                        pass_loss=True, train_eval=bool(kw.get("average")))
+          for name, cls, kw in [
+              ("psdasgd-running", "PSDASGD", {"alpha_norm": "running"}),
+              ("psdasgd-nonorm", "PSDASGD", {"alpha_norm": "none"}),
+              ("psdasgd-amsgrad", "PSDASGD", {"scaling": "amsgrad"}),
+              ("psdasgd-dcoef0.5", "PSDASGD", {"d_coef": 0.5}),
+              ("pssps-c0.2", "PSSPS", {"c": 0.2}),
+              ("pssps-c1", "PSSPS", {"c": 1.0}),
+              ("pssps-amsgrad", "PSSPS", {"scaling": "amsgrad"}),
+          ]],
     ]
 }
 
@@ -233,6 +245,7 @@ PRESETS: dict[str, list[str]] = {
     "peers": ["dadapt-adam", "prodigy", "dog", "sf-adamw", "momsps"],
 }
 PRESETS["all"] = [n for key in list(PRESETS) for n in PRESETS[key]]
+PRESETS["ablations"] = [name for name, spec in _FIXED.items() if spec.family == "ablation"]
 # What a run gets when it names tasks but no optimizers: ours, the Adam sweep, two peers.
 PRESETS["default"] = ["psdasgd", "psdasgd-avg", "pssps", *PRESETS["adam-sweep"], "prodigy",
                       "sf-adamw"]
@@ -253,7 +266,7 @@ def get_spec(name: str) -> OptimizerSpec:
 
 def optimizer_names() -> list[str]:
     """Every registered configuration name."""
-    return list(PRESETS["all"])
+    return list(dict.fromkeys(PRESETS["all"] + PRESETS["ablations"]))
 
 
 def expand(names: Iterable[str]) -> list[str]:

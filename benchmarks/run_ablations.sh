@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Ablations of the design choices the spec leaves open (alpha normalisation, AMSGrad,
+# d_coef, PS-SPS's c) on the convex task and VGG, quick budget, 2 seeds, written into the
+# same results folder as the main run so the report shows them beside it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=benchmarks/results/quick
+for task in logreg vgg; do
+    "$PY" -m lrfree.bench --budget quick --tasks "$task" --optimizers ablations \
+        --seeds 0,1 --threads 1 --out "$OUT" --no-plots
+done
