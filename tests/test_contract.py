@@ -14,6 +14,7 @@ OPTIMIZERS = {
     "psdasgd": lambda g, **kw: lrfree.PSDASGD(g, **kw),
     "psdasgd-amsgrad": lambda g, **kw: lrfree.PSDASGD(g, scaling="amsgrad", weight_decay=0.01, **kw),
     "pssps": lambda g, **kw: lrfree.PSSPS(g, **kw),
+    "psdog": lambda g, **kw: lrfree.PSDoG(g, **kw),
     "sps": lambda g, **kw: lrfree.SPS(g, **kw),
     "dadaptsgd": lambda g, **kw: lrfree.DAdaptSGD(g, momentum=0.9, **kw),
 }
@@ -143,7 +144,8 @@ def test_scheduler_composes(name):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_observability_keys(name):
     _, opt = run(OPTIMIZERS[name], 5)
-    keys = ("d", "d_hat") if "dadapt" in name or "psdasgd" in name else ("polyak_step",)
+    keys = ("d", "d_hat") if "dadapt" in name or "psdasgd" in name else (
+        ("dog_step",) if name == "psdog" else ("polyak_step",))
     for group in opt.param_groups:
         for key in (*keys, "effective_lr"):
             assert math.isfinite(float(group[key])), key

@@ -64,6 +64,7 @@ class ScaledAdam(Scaling):
 MAKERS = {
     "psdasgd": lambda scaling, **kw: (lambda g: lrfree.PSDASGD(g, scaling=scaling, **kw)),
     "pssps": lambda scaling, **kw: (lambda g: lrfree.PSSPS(g, scaling=scaling, delta=0.0, **kw)),
+    "psdog": lambda scaling, **kw: (lambda g: lrfree.PSDoG(g, scaling=scaling, **kw)),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lrfree
-from lrfree.reference import DAdaptSGDReference, PSDASGDReference, PSSPSReference
+from lrfree.reference import DAdaptSGDReference, PSDASGDReference, PSDoGReference, PSSPSReference
 from problems import TinyNet, batches, param_groups
 
 STEPS = 25
@@ -102,6 +102,20 @@ def test_pssps_matches_reference(options, foreach):
         lambda groups: PSSPSReference(groups, **options),
         ("m", "v", "v_max"),
         {"eta": "eta", "cap": "cap", "floor": "floor", "alpha_norm": "N0"},
+    )
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("options", [dict(), dict(scaling="adagrad"), dict(scaling="none"),
+                                     dict(betas=(0.0, 0.99), reps_rel=1e-3),
+                                     dict(weight_decay=0.1), dict(weight_decay=0.1, decouple=False)],
+                         ids=str)
+def test_psdog_matches_reference(options, foreach):
+    lockstep(
+        lambda groups: lrfree.PSDoG(groups, foreach=foreach, **options),
+        lambda groups: PSDoGReference(groups, **options),
+        ("m", "v", "x0"),
+        {"rbar": "rbar", "sum_sq_grad": "G", "r_eps": "r_eps", "eta": "eta", "alpha_norm": "N0"},
     )
 
 

@@ -210,6 +210,7 @@ _FIXED: dict[str, OptimizerSpec] = {
         OptimizerSpec("psdasgd-avg", "ours", _ours("PSDASGD", average=True), _group_effective_lr,
                       pass_loss=True, train_eval=True),
         OptimizerSpec("pssps", "ours", _ours("PSSPS"), _group_effective_lr, pass_loss=True),
+        OptimizerSpec("psdog", "ours", _ours("PSDoG"), _group_effective_lr, pass_loss=True),
         OptimizerSpec("sps", "ours", _ours("SPS"), _group_effective_lr, pass_loss=True),
         OptimizerSpec("dadaptsgd", "ours", _ours("DAdaptSGD"), _group_effective_lr,
                       pass_loss=True),

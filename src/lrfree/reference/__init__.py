@@ -5,6 +5,7 @@ the real optimizers against these step by step (params and state). Not for train
 """
 from lrfree.reference.dadapt_sgd import DAdaptSGDReference
 from lrfree.reference.ps_dasgd import PSDASGDReference
+from lrfree.reference.ps_dog import PSDoGReference
 from lrfree.reference.ps_sps import PSSPSReference
 
-__all__ = ["DAdaptSGDReference", "PSDASGDReference", "PSSPSReference"]
+__all__ = ["DAdaptSGDReference", "PSDASGDReference", "PSDoGReference", "PSSPSReference"]

@@ -1,0 +1,110 @@
+"""PS-DoG: DoG (distance over gradients) run in the parameter-scaled space of Adam."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lrfree import averaging
+from lrfree.optim import _scaled
+from lrfree.optim._base import (
+    Bucket, LRFreeOptimizer, check_betas, check_choice, check_positive, sum_sq,
+)
+from lrfree.rules.dog import DoGStep
+from lrfree.scaling import Scaling, get_scaling
+
+
+class PSDoG(LRFreeOptimizer):
+    r"""Learning-rate-free Adam from DoG's step in the Adam-rescaled space.
+
+    With ``a_k`` from the scaling, :math:`N = \mathrm{mean}(a_1)` (frozen), the scaled
+    gradient :math:`g'_k = g_k\sqrt{N/a_k}` and the scaled displacement
+    :math:`\delta_k = \sqrt{a_k/N}\,(x_k - x_0)`:
+
+    .. math::
+        \bar r_k = \max(r_\epsilon, \max_{i\le k}\lVert\delta_i\rVert),\quad
+        \eta_k = \bar r_k / \sqrt{\textstyle\sum_{i\le k}\lVert g'_i\rVert^2},\quad
+        x_{k+1} = x_k - \gamma_k\eta_k N\,\hat m_k / a_k
+
+    with :math:`r_\epsilon = \mathrm{reps\_rel}\cdot(1 + \lVert\sqrt{a_1/N}\,x_0\rVert)`.
+    ``effective_lr`` = :math:`\gamma_k\eta_k N` (Adam's lr for the same step) and
+    ``dog_step`` = :math:`\eta_k` are written into every group after each step.
+
+    State: ``m``, ``v``, ``x0`` (3 tensors; DoG measures distance from the start).
+
+    Example::
+
+        opt = lrfree.PSDoG(model.parameters())
+
+    Failure modes: the first steps are tiny (``reps_rel`` of the scaled parameter norm) and
+    the accumulated gradient norm only grows, so without momentum of the iterates the step
+    can decay too early on long runs; ``reps_rel`` sets the start.
+    """
+
+    def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, reps_rel: float = 1e-6, weight_decay: float = 0.0,
+                 decouple: bool = True, scaling: str | Scaling = "adam",
+                 alpha_norm: str = "initial", average: bool = False, average_power: float = 8.0,
+                 *, foreach: bool | None = None, nonfinite: str = "skip",
+                 state_dtype: str = "float32", process_group: Any = None) -> None:
+        betas = check_betas(betas)
+        check_positive("eps", eps, allow_zero=True)
+        check_positive("reps_rel", reps_rel)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        check_choice("alpha_norm", alpha_norm, ("initial", "none"))
+        check_choice("average", average, (True, False))
+        check_positive("average_power", average_power, allow_zero=True)
+        scaling = get_scaling(scaling)
+        if scaling.name in ("adam", "amsgrad", "rmsprop") and eps == 0:
+            raise ValueError("eps=0 is invalid with this scaling: use eps > 0 (default 1e-8)")
+        defaults = dict(lr=lr, betas=betas, eps=eps, reps_rel=reps_rel,
+                        weight_decay=weight_decay, decouple=bool(decouple), scaling=scaling.name,
+                        alpha_norm=alpha_norm, average=average, average_power=average_power,
+                        dog_step=0.0)
+        super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
+                         state_dtype=state_dtype, process_group=process_group)
+        self._scaling = scaling
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        momentum = ("m",) if group["betas"][0] > 0 else ()
+        average = ("x_avg",) if self.param_groups[0]["average"] else ()
+        return (*momentum, *self._scaling.state_names, "x0", *average)
+
+    def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
+        if name == "x0":
+            return p.detach().to(dtype, copy=True)
+        return super()._initial_state(name, p, dtype)
+
+    def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
+        group0 = self.param_groups[0]
+        device, dtype = self._device(), self._scalar_dtype()
+        est = self._estimate(DoGStep.initial, device)
+        first = "alpha_norm" not in est
+        _scaled.advance_moments(buckets, self._scaling)
+        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first,
+                                        self._scaling.is_identity, self._reduce, device, dtype)
+        _scaled.scale_gradients(buckets, norm)
+        sq_dist, sq_x0 = [], []
+        for b in buckets:
+            weights = b.denoms if b.denoms is not None else [torch.ones_like(x) for x in b.params]
+            shift = torch._foreach_sub(b.params, b.states["x0"])
+            torch._foreach_mul_(shift, shift)
+            sq_dist.append(sum(torch.dot(w.reshape(-1), s.reshape(-1)) for w, s in
+                               zip(weights, shift)).to(dtype) / norm)
+            if first:
+                sq_x0.append(sum(torch.dot(w.reshape(-1), (x * x).reshape(-1)) for w, x in
+                                 zip(weights, b.states["x0"])).to(dtype) / norm)
+        sums = [torch.stack(parts).sum() if parts else torch.zeros((), device=device, dtype=dtype)
+                for parts in (sq_dist, sq_x0, [sum_sq(b.scaled).to(dtype) for b in buckets])]
+        distance, x0_norm, sq_norm_g = self._reduce(sums)
+        if first:
+            est["r_eps"] = group0["reps_rel"] * (1.0 + torch.sqrt(x0_norm))
+        eta = DoGStep.update(est, distance, sq_norm_g)
+        _scaled.apply_step(buckets, {id(b.group): eta * b.group["lr"] * norm for b in buckets})
+        if group0["average"]:
+            averaging.update(est, [b.params for b in buckets], [b.states["x_avg"] for b in buckets],
+                             torch.ones_like(eta), group0["average_power"])
+        for group in self.param_groups:
+            group["dog_step"] = eta
+            group["effective_lr"] = eta * group["lr"] * norm
