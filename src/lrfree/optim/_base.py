@@ -8,7 +8,6 @@ survives frameworks that only know per-parameter state.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -28,7 +27,9 @@ class NonFiniteError(FloatingPointError):
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = numeric and not math.isnan(value) and (value >= 0 if allow_zero else value > 0)
+    # value == value is False only for NaN; math.isnan would break a torch.compile graph
+    # when a scheduler's lr reaches here as a symbolic float
+    ok = numeric and value == value and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}={value!r} is invalid: it must be a number {bound}")
@@ -257,9 +258,10 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             return True
         device = self._device()
         # max |g| cannot overflow where a sum of squares of large finite values could.
+        # A shard may be empty (FSDP2 splits a small tensor unevenly): it has no maximum.
         peaks = [
-            torch.stack(torch._foreach_norm(b.grads, float("inf"))).max().to(device, torch.float32)
-            for b in buckets
+            torch.stack(torch._foreach_norm(grads, float("inf"))).max().to(device, torch.float32)
+            for grads in ([g for g in b.grads if g.numel()] for b in buckets) if grads
         ]
         if loss is not None:
             peaks.append(loss.abs().to(device, torch.float32))
@@ -284,7 +286,9 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             for key, p, g in zip(bucket.keys, bucket.params, bucket.grads):
                 state = self.state[key]
                 if "step" not in state:
-                    state["step"] = torch.zeros((), device=p.device, dtype=g.dtype)
+                    # bf16 counts exactly only to 256, and 1 - 0.999**k would round to 0
+                    wide = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype
+                    state["step"] = torch.zeros((), device=p.device, dtype=wide)
                     for name in names:
                         state[name] = self._initial_state(name, p, g.dtype)
                 for name in lists:

@@ -80,20 +80,30 @@ def sq_norm_scaled(buckets: list[Bucket], device: torch.device, dtype: torch.dty
 
 
 def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:
-    """x <- x (1 - lr * wd) - lr * m_hat / a, with ``lrs[id(group)]`` the Adam-equivalent lr."""
+    """x <- x (1 - lr * wd) - lr * m_hat / a, with ``lrs[id(group)]`` the Adam-equivalent lr.
+
+    Low-precision (bf16/fp16) parameters are updated in float32 and rounded once: rounding
+    the decay factor first turns ``1 - 1e-5`` into 1 in bf16, and rounding the update
+    before adding it rounds twice.
+    """
     for b in buckets:
         group = b.group
         lr = lrs[id(group)].to(b.params[0].device)
-        if group["weight_decay"] != 0 and group["decouple"]:
-            torch._foreach_mul_(b.params, (1.0 - lr * group["weight_decay"]).to(b.params[0].dtype))
         beta1 = group["betas"][0]
         direction = b.states["m"] if beta1 > 0 else b.grads
         update = (torch._foreach_div(direction, b.denoms) if b.denoms is not None
                   else torch._foreach_mul(direction, 1.0))
         if beta1 > 0:
             torch._foreach_div_(update, bias_corrections(beta1, b.states["step"]))
+        low = b.params[0].dtype in (torch.float16, torch.bfloat16)
+        target = [p.float() for p in b.params] if low else b.params
+        update = _like(update, target)
+        if group["weight_decay"] != 0 and group["decouple"]:
+            torch._foreach_mul_(target, (1.0 - lr * group["weight_decay"]).to(target[0].dtype))
         torch._foreach_mul_(update, lr.to(update[0].dtype))
-        torch._foreach_sub_(b.params, _like(update, b.params))
+        torch._foreach_sub_(target, update)
+        if low:
+            torch._foreach_copy_(b.params, target)
 
 
 def _like(tensors: list[Tensor], reference: list[Tensor]) -> list[Tensor]:

@@ -105,8 +105,15 @@ class DAdaptSGD(LRFreeOptimizer):
                 torch._foreach_sub_(b.states["x0"], torch._foreach_mul(z, decay))
                 z = torch._foreach_sub(b.states["x0"], b.states["s"])
             momentum = group["momentum"]
-            torch._foreach_mul_(b.params, momentum)
-            torch._foreach_add_(b.params, _cast(z, b.params), alpha=1.0 - momentum)
+            if b.params[0].dtype in (torch.float16, torch.bfloat16):
+                # average in float32 (z is float32 state by default) and round once
+                mixed = [p.float() for p in b.params]
+                torch._foreach_mul_(mixed, momentum)
+                torch._foreach_add_(mixed, _cast(z, mixed), alpha=1.0 - momentum)
+                torch._foreach_copy_(b.params, mixed)
+            else:
+                torch._foreach_mul_(b.params, momentum)
+                torch._foreach_add_(b.params, z, alpha=1.0 - momentum)
         for group in self.param_groups:
             group["d"], group["d_hat"] = est["d"], est["d_hat"]
             group["effective_lr"] = lam * group["lr"]

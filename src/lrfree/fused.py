@@ -1,0 +1,81 @@
+"""A fused step: the optimizer's update compiled by ``torch.compile``.
+
+Eager, the step is a sequence of multi-tensor kernels, each one pass over the state. Compiled,
+Inductor merges those elementwise passes into a few loops over the elements, which is what
+torch's own ``fused=True`` AdamW does by hand.
+
+    opt = lrfree.fused(lrfree.PSDASGD(model.parameters()))
+    ...
+    opt.step()            # or opt.step(loss=loss) for the Polyak methods
+
+The compiled region is the step without the non-finite check (``nonfinite="unchecked"``
+semantics), so it holds no host synchronisation and no graph break. The check of the
+optimizer's own policy (``"skip"`` or ``"raise"``) runs eagerly before it, as the step's one
+host sync; construct the optimizer with ``nonfinite="unchecked"`` to have none at all (e.g.
+when a ``GradScaler`` already checks). The first step, which creates the state, runs
+eagerly too, so the compiled graph sees every state tensor as an input.
+
+Notes: the first compiled step takes seconds to compile (once per set of parameter shapes).
+A group's ``lr`` may change every step (schedulers): it is traced as a symbolic float, not
+recompiled. Changing other options after the first step recompiles. Apply ``fused`` before
+creating an LR scheduler (the scheduler then wraps the fused step).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from lrfree.optim._base import LRFreeOptimizer
+
+
+def fused(optimizer: LRFreeOptimizer, **compile_options: Any) -> LRFreeOptimizer:
+    """Replace ``optimizer.step`` by a compiled step (in place) and return the optimizer.
+
+    ``compile_options`` go to ``torch.compile`` (default: ``fullgraph=True``, so a graph
+    break is an error rather than a silent slowdown).
+    """
+    if not isinstance(optimizer, LRFreeOptimizer):
+        raise TypeError(f"lrfree.fused expects an lrfree optimizer; got {type(optimizer).__name__}")
+    # the class's step, not an instance wrapper (an LR scheduler's cannot be traced)
+    eager_step = type(optimizer).step.__get__(optimizer)
+    policy = optimizer._nonfinite
+    options = {"fullgraph": True, **compile_options}
+
+    @torch.compile(**options)
+    def compiled_update(loss: torch.Tensor | None) -> None:
+        eager_step(loss=loss)
+
+    @torch.no_grad()
+    def step(closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
+        if closure is not None:
+            if loss is not None:
+                raise ValueError("pass either closure or loss=, not both")
+            with torch.enable_grad():
+                loss = closure()
+        returned = loss
+        buckets = optimizer._gather()
+        fresh = any("step" not in optimizer.state[k] for b in buckets for k in b.keys)
+        if fresh or not buckets or (optimizer.needs_loss and loss is None):
+            eager_step(loss=loss)  # creates the state, or raises the eager step's error
+            return returned
+        # a Python float would be a compile-time constant: the graph takes a tensor
+        if loss is not None and not isinstance(loss, torch.Tensor):
+            loss = torch.tensor(float(loss), device=optimizer._device(),
+                                dtype=optimizer._scalar_dtype())
+        if loss is not None:
+            loss = loss.detach()
+        if policy != "unchecked":
+            check = None if loss is None else optimizer._loss_tensor(loss, optimizer._device())
+            if not optimizer._finite(buckets, check):
+                return returned
+        optimizer._nonfinite = "unchecked"
+        try:
+            compiled_update(loss)
+        finally:
+            optimizer._nonfinite = policy
+        return returned
+
+    optimizer.step = step  # type: ignore[method-assign]
+    return optimizer
+
