@@ -22,7 +22,8 @@ creating an LR scheduler (the scheduler then wraps the fused step).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

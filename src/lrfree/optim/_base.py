@@ -25,14 +25,18 @@ class NonFiniteError(FloatingPointError):
     """Raised with ``nonfinite="raise"`` when a gradient or the loss is inf/NaN."""
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+def check_positive(name: str, value: float, *, allow_zero: bool = False,
+                   allow_inf: bool = False) -> None:
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    # inf is a valid bound (growth_rate) but never a valid size: it ends as inf/NaN params
+    numeric = numeric and (allow_inf or value != float("inf"))
     # value == value is False only for NaN; math.isnan would break a torch.compile graph
     # when a scheduler's lr reaches here as a symbolic float
-    ok = numeric and value == value and (value >= 0 if allow_zero else value > 0)
+    ok = numeric and value == value and (value >= 0 if allow_zero else value > 0)  # noqa: PLR0124
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r} is invalid: it must be a number {bound}")
+        finite = "" if allow_inf else "finite "
+        raise ValueError(f"{name}={value!r} is invalid: it must be a {finite}number {bound}")
 
 
 def check_unit_interval(name: str, value: float) -> None:
@@ -61,6 +65,20 @@ def check_lr(lr: Any) -> None:
             "got a Tensor: pass float(lr)"
         )
     check_positive("lr", lr, allow_zero=True)
+
+
+# Options a param group may override, and their checks (the defaults go through them too).
+GROUP_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "lr": check_lr,
+    "betas": check_betas,
+    "eps": lambda v: check_positive("eps", v, allow_zero=True),
+    "weight_decay": lambda v: check_positive("weight_decay", v, allow_zero=True),
+    "momentum": lambda v: check_unit_interval("momentum", v),
+    # global options (read from the first group) must still be valid wherever they appear
+    **{name: (lambda n: lambda v: check_positive(n, v))(name)
+       for name in ("c", "cap_start", "d0", "d_coef", "reps_rel")},
+    "delta": lambda v: check_positive("delta", v, allow_zero=True),
+}
 
 
 @dataclass
@@ -174,6 +192,46 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         else:
             self._update([b for bucket in buckets for b in bucket.split()], loss_tensor)
         return returned
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader with two guards: the state keeps the dtype it was saved in (torch
+        casts it to the parameter dtype, which turned the float32 state of bf16 parameters
+        into bf16 and broke the next step), and a checkpoint of other parameters (groups of
+        equal sizes in another order) or of another optimizer class is a clear error
+        before anything changes, not a shape or key error at the next step."""
+        own = [p for g in self.param_groups for p in g["params"]]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        missing = sorted(set(self.defaults) - set(state_dict["param_groups"][0]))
+        if missing:
+            raise ValueError(
+                f"this checkpoint was not saved by {type(self).__name__}: its param groups "
+                f"lack {', '.join(missing)}")
+        saved = state_dict["state"]
+        for index, p in zip(saved_ids, own):
+            for name, value in saved.get(index, {}).items():
+                if isinstance(value, Tensor) and value.dim() > 0 and \
+                        value.shape != distributed.local(p).shape:
+                    raise ValueError(
+                        f"checkpoint state {name!r} of parameter {index} has shape "
+                        f"{tuple(value.shape)} but the parameter in that position has shape "
+                        f"{tuple(p.shape)}: build the optimizer with the same parameters and "
+                        "param groups, in the same order, as the one that was saved")
+        super().load_state_dict(state_dict)
+        for index, p in zip(saved_ids, own):
+            for name, value in saved.get(index, {}).items():
+                if isinstance(value, Tensor):
+                    local = distributed.local(p)
+                    dtype = self._state_dtype_for(local) \
+                        if value.is_floating_point() and name != "step" else value.dtype
+                    self.state[p][name] = value.to(local.device, dtype, copy=True)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group, with the per-group values checked like the defaults."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for key, check in GROUP_CHECKS.items():
+            if key in group:
+                check(group[key])
 
     # -------------------------------------------------------------- helpers
     def _device(self) -> torch.device:

@@ -57,7 +57,7 @@ class DAdaptSGD(LRFreeOptimizer):
         check_unit_interval("momentum", momentum)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_positive("d0", d0)
-        check_positive("growth_rate", growth_rate)
+        check_positive("growth_rate", growth_rate, allow_inf=True)
         if growth_rate < 1:
             raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,

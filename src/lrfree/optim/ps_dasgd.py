@@ -96,7 +96,7 @@ class PSDASGD(LRFreeOptimizer):
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_positive("d0", d0)
         check_positive("d_coef", d_coef)
-        check_positive("growth_rate", growth_rate)
+        check_positive("growth_rate", growth_rate, allow_inf=True)
         if growth_rate < 1:
             raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
@@ -171,4 +171,6 @@ class PSDASGD(LRFreeOptimizer):
         ema = est.get("sq_norm_ema", torch.zeros_like(sq_norm_g))
         est["sq_norm_ema"] = beta2 * ema + (1.0 - beta2) * sq_norm_g
         corrected = est["sq_norm_ema"] / bias_corrections(beta2, [est["step"] + 1])[0]
-        return est["d"] / torch.sqrt(corrected)
+        # no non-zero gradient yet: no step (as base_step does with G0 = 0), not d / 0
+        return torch.where(corrected > 0, est["d"] / torch.sqrt(corrected),
+                           torch.zeros_like(corrected))

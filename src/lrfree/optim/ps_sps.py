@@ -1,6 +1,7 @@
 """PS-SPS: the stochastic Polyak step run in the parameter-scaled space of Adam."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -81,7 +82,7 @@ class PSSPS(LRFreeOptimizer):
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_positive("c", c)
-        if not isinstance(f_star, (int, float)) or f_star != f_star:
+        if not isinstance(f_star, (int, float)) or not math.isfinite(f_star):
             raise ValueError(f"f_star={f_star!r} is invalid: it must be a finite number")
         check_positive("delta", delta, allow_zero=True)
         check_positive("cap_start", cap_start)

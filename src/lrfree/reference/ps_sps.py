@@ -61,7 +61,8 @@ class PSSPSReference(torch.optim.Optimizer):
 
         # eta_P = max(l - f*, 0) / (c ||g'||^2 + delta), capped smoothly.
         sq_norm = sum(float((g_scaled[p] ** 2).sum()) for _, p in items)
-        eta_polyak = max(loss_value(loss) - self.f_star, 0.0) / (self.c * sq_norm + self.delta)
+        eta_polyak = (max(loss_value(loss) - self.f_star, 0.0) / (self.c * sq_norm + self.delta)
+                      if sq_norm > 0 else 0.0)  # a zero gradient says nothing: no step
         if sc["floor"] == 0:
             sc["floor"] = self.cap_start * eta_polyak
         if sc["cap"] == 0:

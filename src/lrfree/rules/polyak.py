@@ -41,7 +41,11 @@ class PolyakStep:
         cap_growth: float,
     ) -> Tensor:
         """Return this step's eta and advance the cap."""
-        eta_polyak = torch.clamp(loss - f_star, min=0.0) / (c * sq_norm_g + eps)
+        # a zero gradient says nothing about the step size: no step, and it must not become
+        # the cap's floor (loss / delta is ~1e8x too large; with delta = 0 it is inf)
+        eta_polyak = torch.where(sq_norm_g > 0,
+                                 torch.clamp(loss - f_star, min=0.0) / (c * sq_norm_g + eps),
+                                 torch.zeros_like(sq_norm_g))
         floor = torch.where(est["floor"] > 0, est["floor"], cap_start * eta_polyak)
         cap = torch.where(est["cap"] > 0, est["cap"], floor)
         eta = torch.minimum(eta_polyak, cap)

@@ -1,0 +1,295 @@
+"""Optimizer step time and state memory against torch AdamW and the LR-free peers.
+
+Models are laid out like real ones: a GPT-style transformer's parameter list (token and
+position embeddings, per block two LayerNorms, qkv / out / two MLP matrices with biases) at
+~1M, ~10M and ~50M parameters. Gradients are random (a pool of four sets, cycled), so the
+step's cost is measured without a forward or backward pass.
+
+Every optimizer steps the same parameters. A round times each optimizer in turn (rotating
+the order from round to round) for a few steps; the ratio to AdamW (foreach) and AdamW
+(fused) is taken within the round, so load from other processes moves numerator and
+denominator together. The report gives the median ratio over rounds and its spread.
+
+Our compiled step (``lrfree.fused``) is timed only at ``--fused-sizes`` (default 1M):
+compiling it takes minutes per model on a small CPU machine.
+
+A second part times end-to-end training of the benchmark's small VGG (images/s).
+
+    python benchmarks/step_speed.py                        # the committed run
+    python benchmarks/step_speed.py --sizes 1M --rounds 3  # a quick look
+
+One thread (``torch.set_num_threads(1)``): the machine is shared, and one core is the
+setting the ratios are comparable in. Writes benchmarks/results/step_speed/.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import lrfree
+
+SIZES = {"1M": (128, 5, 1000), "10M": (256, 12, 4096), "50M": (512, 15, 8192)}
+OUT = Path(__file__).parent / "results" / "step_speed"
+
+
+def transformer_params(width: int, depth: int, vocab: int, seed: int = 0) -> list[nn.Parameter]:
+    """The parameter tensors of a pre-LN GPT (tied head), in model order."""
+    g = torch.Generator().manual_seed(seed)
+    shapes: list[tuple[int, ...]] = [(vocab, width), (256, width)]
+    for _ in range(depth):
+        shapes += [(width,), (width,), (3 * width, width), (3 * width,), (width, width), (width,),
+                   (width,), (width,), (4 * width, width), (4 * width,), (width, 4 * width),
+                   (width,)]
+    shapes += [(width,), (width,)]
+    return [nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
+
+
+def optimizer_factories(fused: bool = True) -> dict[str, Callable[[list[nn.Parameter]], Any]]:
+    import dadaptation
+    import prodigyopt
+    import schedulefree
+
+    def schedule_free(params):
+        opt = schedulefree.AdamWScheduleFree(params, lr=1e-3, warmup_steps=0)
+        opt.train()
+        return opt
+
+    factories = {
+        "AdamW (foreach)": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
+        "AdamW (fused)": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
+        "PSDASGD (foreach)": lambda p: lrfree.PSDASGD(p),
+        "PSDASGD (per-tensor)": lambda p: lrfree.PSDASGD(p, foreach=False),
+        "PSDASGD (fused)": lambda p: lrfree.fused(lrfree.PSDASGD(p)),
+        "PSSPS (foreach)": lambda p: lrfree.PSSPS(p),
+        "PSSPS (per-tensor)": lambda p: lrfree.PSSPS(p, foreach=False),
+        "PSSPS (fused)": lambda p: lrfree.fused(lrfree.PSSPS(p)),
+        "DAdaptAdam": lambda p: dadaptation.DAdaptAdam(p, lr=1.0),
+        "Prodigy": lambda p: prodigyopt.Prodigy(p, lr=1.0),
+        "AdamWScheduleFree": schedule_free,
+    }
+    if not fused:
+        factories = {k: v for k, v in factories.items() if not k.startswith("PS") or "fused" not in k}
+    return factories
+
+
+def state_bytes_per_param(opt: Any, params: list[nn.Parameter]) -> float:
+    """Bytes of tensor state (per-parameter state and the estimate's scalars) / #params."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(t: Any) -> None:
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+
+    for state in opt.state.values():
+        for value in state.values():
+            add(value)
+    for group in opt.param_groups:
+        for value in group.get("estimate", {}).values():
+            add(value)
+    return total / sum(p.numel() for p in params)
+
+
+def time_steps(opt: Any, params: list[nn.Parameter], grads: list[list[torch.Tensor]],
+               steps: int, cursor: list[int]) -> float:
+    """Median seconds of ``steps`` steps (gradients swapped in between, untimed)."""
+    loss = torch.tensor(1.0)
+    times = []
+    for _ in range(steps):
+        pool = grads[cursor[0] % len(grads)]
+        cursor[0] += 1
+        for p, g in zip(params, pool):
+            p.grad = g
+        start = time.perf_counter()
+        opt.step(loss=loss) if isinstance(opt, lrfree.PSSPS) else opt.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_size(name: str, rounds: int, steps: int, fused: bool,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    width, depth, vocab = SIZES[name]
+    params = transformer_params(width, depth, vocab)
+    numel = sum(p.numel() for p in params)
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=gen) * 1e-2 for p in params] for _ in range(4)]
+    cursor = [0]
+    opts = {}
+    warmup = {}
+    for label, make in optimizer_factories(fused).items():
+        opts[label] = make(params)
+        start = time.perf_counter()
+        time_steps(opts[label], params, grads, 2, cursor)  # state creation, compilation
+        warmup[label] = time.perf_counter() - start
+    log(f"{name}: {numel / 1e6:.1f}M parameters in {len(params)} tensors; warm-up done")
+    labels = list(opts)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(rounds):
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for label in order:
+            times[label].append(time_steps(opts[label], params, grads, steps, cursor))
+        log(f"  round {r + 1}/{rounds}: AdamW(foreach) {times['AdamW (foreach)'][-1] * 1e3:.1f} ms")
+    rows = {}
+    for label in labels:
+        row: dict[str, Any] = {"median_ms": 1e3 * statistics.median(times[label]),
+                               "bytes_per_param": state_bytes_per_param(opts[label], params),
+                               "first_two_steps_s": warmup[label]}
+        for ref in ("AdamW (foreach)", "AdamW (fused)"):
+            ratios = [t / t_ref for t, t_ref in zip(times[label], times[ref])]
+            row[f"ratio_to_{ref}"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                      "max": max(ratios)}
+        skipped = [g.get("skipped_steps", 0) for g in opts[label].param_groups]
+        row["skipped_steps"] = max(skipped)
+        row["finite"] = all(bool(torch.isfinite(p).all()) for p in params)
+        rows[label] = row
+    del opts, grads
+    gc.collect()
+    return {"parameters": numel, "tensors": len(params), "rounds": rounds,
+            "steps_per_round": steps, "optimizers": rows}
+
+
+def vgg_throughput(rounds: int, steps: int, batch: int, log: Callable[[str], None]) -> dict:
+    """Images/s of SmallVGG training on random 28x28 images, per optimizer, interleaved."""
+    from lrfree.bench.models import SmallVGG
+
+    x_all = torch.randn(4 * batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    y_all = torch.randint(0, 10, (4 * batch,), generator=torch.Generator().manual_seed(3))
+    runs = {}
+    for label, make in optimizer_factories(fused=False).items():
+        model = SmallVGG()
+        runs[label] = (model, make(list(model.parameters())))
+    rates: dict[str, list[float]] = {label: [] for label in runs}
+
+    def train(label: str, n: int) -> float:
+        model, opt = runs[label]
+        start = time.perf_counter()
+        for i in range(n):
+            x, y = x_all[(i % 4) * batch:(i % 4 + 1) * batch], y_all[(i % 4) * batch:(i % 4 + 1) * batch]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step(loss=loss.detach()) if isinstance(opt, lrfree.PSSPS) else opt.step()
+        return n * batch / (time.perf_counter() - start)
+
+    for label in runs:
+        train(label, 2)
+    labels = list(runs)
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            rates[label].append(train(label, steps))
+    params = sum(p.numel() for p in runs[labels[0]][0].parameters())
+    log(f"VGG: {params} parameters, batch {batch}")
+    out = {}
+    for label in labels:
+        ratios = [a / b for a, b in zip(rates[label], rates["AdamW (foreach)"])]
+        out[label] = {"images_per_s": statistics.median(rates[label]),
+                      "relative_to_AdamW (foreach)": statistics.median(ratios)}
+    return {"parameters": params, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+            "optimizers": out}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Step speed ({result['date']})", "", f"Command: `{result['command']}`", "",
+             f"Machine: {result['machine']}; torch {result['versions']['torch']}, "
+             f"threads {result['threads']}; versions {result['versions']}", "",
+             "Step time ratios are medians over rounds (min–max in brackets) of the per-round "
+             "median step time divided by that round's AdamW step time. "
+             "Bytes/param: optimizer state per parameter (float32).", ""]
+    for size, res in result["sizes"].items():
+        lines += [f"## {size}: {res['parameters'] / 1e6:.1f}M parameters, {res['tensors']} tensors, "
+                  f"{res['rounds']} rounds x {res['steps_per_round']} steps", "",
+                  "| optimizer | median step (ms) | / AdamW foreach | / AdamW fused | bytes/param |",
+                  "|---|---|---|---|---|"]
+        for label, row in res["optimizers"].items():
+            a, f = row["ratio_to_AdamW (foreach)"], row["ratio_to_AdamW (fused)"]
+            lines.append(f"| {label} | {row['median_ms']:.1f} | {a['median']:.2f} "
+                         f"[{a['min']:.2f}–{a['max']:.2f}] | {f['median']:.2f} "
+                         f"[{f['min']:.2f}–{f['max']:.2f}] | {row['bytes_per_param']:.1f} |")
+        compiled = [k for k in res["optimizers"] if k.startswith("PS") and "fused" in k]
+        for label in compiled:
+            lines.append(f"\n{label}: first two steps (compilation) "
+                         f"{res['optimizers'][label]['first_two_steps_s']:.0f} s")
+        lines.append("")
+    if "vgg" in result:
+        v = result["vgg"]
+        lines += [f"## SmallVGG training throughput ({v['parameters']} parameters, batch "
+                  f"{v['batch']}, {v['rounds']} rounds x {v['steps_per_round']} steps)", "",
+                  "| optimizer | images/s | relative to AdamW (foreach) |", "|---|---|---|"]
+        for label, row in v["optimizers"].items():
+            lines.append(f"| {label} | {row['images_per_s']:.0f} | "
+                         f"{row['relative_to_AdamW (foreach)']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1M,10M,50M")
+    parser.add_argument("--rounds", default="7,5,3", help="rounds per size (comma list)")
+    parser.add_argument("--fused-sizes", default="1M",
+                        help="sizes that also time our compiled step (compilation takes minutes)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--vgg-rounds", type=int, default=3)
+    parser.add_argument("--vgg-steps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite step_speed.md from the saved step_speed.json")
+    args = parser.parse_args()
+    if args.markdown_only:
+        saved = json.loads((args.out / "step_speed.json").read_text())
+        (args.out / "step_speed.md").write_text(markdown(saved))
+        return
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    sizes = args.sizes.split(",")
+    rounds = [int(r) for r in args.rounds.split(",")]
+    rounds += [rounds[-1]] * (len(sizes) - len(rounds))
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    from importlib.metadata import version
+
+    import dadaptation
+    import prodigyopt
+    import schedulefree
+
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+                   f"{platform.system()} {platform.release()}, CPU only, shared".strip(),
+        "threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "lrfree": lrfree.__version__, "dadaptation": version("dadaptation"),
+                     "prodigyopt": version("prodigyopt"),
+                     "schedulefree": version("schedulefree")},
+        "sizes": {},
+    }
+    del dadaptation, prodigyopt, schedulefree
+    for size, n in zip(sizes, rounds):
+        fused = size in args.fused_sizes.split(",")
+        result["sizes"][size] = run_size(size, n, args.steps, fused, log)
+    if args.vgg_rounds > 0:
+        result["vgg"] = vgg_throughput(args.vgg_rounds, args.vgg_steps, 64, log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "step_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "step_speed.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
