@@ -49,6 +49,10 @@ class PSDASGD(LRFreeOptimizer):
             step, with G0 replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not
             invariant to rescaling alpha: for ablations).
         d0: initial estimate of the distance to the solution (in scaled units).
+        d0_lr: if given, replaces ``d0``: the estimate starts where the first effective lr
+            equals ``d0_lr`` (Adam-lr units, as Prodigy's ``d0``), i.e. ``d_1 = d0_lr G0 / N``.
+            Shortens the warm-up on large models, where ``d0`` in scaled units starts the
+            effective lr near ``d0 * sqrt(N / n)`` for n parameters.
         d_coef: multiplier on the estimate ``d_hat``; < 1 is more conservative.
         growth_rate: bound on the growth of ``d`` per step (default: unbounded).
         average: keep a weighted average of the iterates (weights d_k^2 k^p, see
@@ -88,13 +92,16 @@ class PSDASGD(LRFreeOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = True,
                  scaling: str | Scaling = "adam", alpha_norm: str = "initial", d0: float = 1e-6,
                  d_coef: float = 1.0, growth_rate: float = float("inf"),
-                 average: bool = False, average_power: float = 8.0, *,
+                 average: bool = False, average_power: float = 8.0,
+                 d0_lr: float | None = None, *,
                  foreach: bool | None = None, nonfinite: str = "skip",
                  state_dtype: str = "float32", process_group: Any = None) -> None:
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_positive("d0", d0)
+        if d0_lr is not None:
+            check_positive("d0_lr", d0_lr)
         check_positive("d_coef", d_coef)
         check_positive("growth_rate", growth_rate, allow_inf=True)
         if growth_rate < 1:
@@ -109,7 +116,7 @@ class PSDASGD(LRFreeOptimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decouple=bool(decouple), scaling=scaling.name, alpha_norm=alpha_norm,
                         d0=d0, d_coef=d_coef, growth_rate=growth_rate, average=average,
-                        average_power=average_power, d=d0, d_hat=0.0)
+                        average_power=average_power, d0_lr=d0_lr, d=d0, d_hat=0.0)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
                          state_dtype=state_dtype, process_group=process_group)
         # The group keeps the name (state_dict stays plain data); the object may be a
@@ -143,6 +150,9 @@ class PSDASGD(LRFreeOptimizer):
         # one collective for every sum of the step
         sq_norm_g, dot, sq_weighted, sq_norm_s = self._reduce(
             [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)])
+        if first and group0["d0_lr"] is not None:
+            # start where the first effective lr (d N / G0) equals d0_lr, in Adam's units
+            est["d"] = group0["d0_lr"] * torch.sqrt(sq_norm_g) / norm
         DAdaptEstimate.set_grad_norm0(est, sq_norm_g)
         lam = self._base_step(est, sq_norm_g, group0)
         d_used = est["d"]

@@ -16,11 +16,11 @@ class PSDASGDReference(torch.optim.Optimizer):
 
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decouple=True, scaling="adam", alpha_norm="initial", d0=1e-6, d_coef=1.0,
-                 growth_rate=math.inf):
+                 growth_rate=math.inf, d0_lr=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple))
         self.scaling, self.alpha_norm = scaling, alpha_norm
-        self.d_coef, self.growth_rate = d_coef, growth_rate
+        self.d_coef, self.growth_rate, self.d0_lr = d_coef, growth_rate, d0_lr
         self.scalars = dict(d=d0, d_hat=0.0, r=0.0, N0=None, G0=0.0, k=0, u=0.0)
 
     @torch.no_grad()
@@ -62,6 +62,8 @@ class PSDASGDReference(torch.optim.Optimizer):
                 g_scaled[p] = g_scaled[p] / torch.sqrt(a[p] / n)  # g' = g / alpha
 
         sq_norm = sum(float((g_scaled[p] ** 2).sum()) for _, p in items)
+        if sc["k"] == 1 and self.d0_lr is not None:  # first effective lr = d0_lr
+            sc["d"] = self.d0_lr * math.sqrt(sq_norm) / n
         if sc["G0"] == 0:
             sc["G0"] = math.sqrt(sq_norm)
         if self.alpha_norm == "running":
