@@ -163,3 +163,20 @@ def test_average_reaches_optimum_where_last_iterate_does_not():
     last, avg = noisy_quadratic(0, 3000, average=True)
     assert avg < 0.3, avg
     assert last > 1.0, last
+
+
+def test_recompute_batchnorm_matches_statistics_at_current_weights():
+    """The helper replaces running statistics by the plain mean/variance of the batches at
+    the weights now in the model (e.g. the average), whatever they were before."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).double()
+    data = [torch.randn(32, 4, dtype=torch.float64) for _ in range(4)]
+    model[1].running_mean.fill_(5.0)
+    model.eval()
+    averaging.recompute_batchnorm(model, data)
+    features = torch.cat([model[0](x) for x in data]).detach()
+    assert not model.training
+    assert torch.allclose(model[1].running_mean, features.mean(0), atol=1e-12)
+    batch_vars = torch.stack([model[0](x).detach().var(0, unbiased=True) for x in data])
+    assert torch.allclose(model[1].running_var, batch_vars.mean(0), atol=1e-12)
+    assert model[1].momentum == 0.1
