@@ -167,3 +167,20 @@ def test_checkpoint_of_another_optimizer_is_a_clear_error():
     opt = lrfree.PSDASGD(param_groups(net))
     with pytest.raises(ValueError, match="PSSPS|PSDASGD"):
         opt.load_state_dict(_trained(lrfree.PSSPS))
+
+
+def test_checkpoint_from_before_an_option_existed_loads_with_its_default():
+    """A group saved without a later-added option (here d0_lr) loads and takes the default."""
+    import lrfree
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = lrfree.PSDASGD([w])
+    w.grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["d0_lr"]
+    fresh = lrfree.PSDASGD([w])
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["d0_lr"] is None
+    fresh.step()

@@ -136,7 +136,9 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         check_choice("state_dtype", state_dtype, ("float32", "param"))
         check_choice("foreach", foreach, (None, True, False))
-        defaults = dict(defaults, effective_lr=0.0)
+        # the class name travels with state_dict, so a checkpoint of another optimizer is
+        # recognised when it is loaded
+        defaults = dict(defaults, effective_lr=0.0, optimizer=type(self).__name__)
         super().__init__(params, defaults)
         for group in self.param_groups:
             check_lr(group["lr"])
@@ -201,11 +203,16 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         before anything changes, not a shape or key error at the next step."""
         own = [p for g in self.param_groups for p in g["params"]]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        missing = sorted(set(self.defaults) - set(state_dict["param_groups"][0]))
-        if missing:
+        saved_by = state_dict["param_groups"][0].get("optimizer") if state_dict["param_groups"] \
+            else None
+        if saved_by != type(self).__name__:
             raise ValueError(
-                f"this checkpoint was not saved by {type(self).__name__}: its param groups "
-                f"lack {', '.join(missing)}")
+                f"this checkpoint was saved by {saved_by or 'another optimizer'}, not "
+                f"{type(self).__name__}: build the optimizer the checkpoint came from")
+        # options added after the checkpoint was written take their defaults
+        state_dict = dict(state_dict, param_groups=[
+            {**{k: v for k, v in self.defaults.items() if k not in g}, **g}
+            for g in state_dict["param_groups"]])
         saved = state_dict["state"]
         for index, p in zip(saved_ids, own):
             for name, value in saved.get(index, {}).items():
