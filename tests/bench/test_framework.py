@@ -1,6 +1,7 @@
 """The benchmark framework: registry, handles, runner, report and CLI on the convex task."""
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import math
@@ -137,6 +138,8 @@ def test_failed_run_is_reported_not_recorded(tmp_path, monkeypatch) -> None:
 
 def test_parse_seeds() -> None:
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
+    with pytest.raises(argparse.ArgumentTypeError, match="count"):
+        parse_seeds("0")
 
 
 def test_averaging_handle_matches_formula() -> None:

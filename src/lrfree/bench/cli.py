@@ -34,7 +34,14 @@ def parse_seeds(text: str) -> list[int]:
     """`0,1,2` -> [0, 1, 2]; a single number n -> range(n)."""
     if "," in text:
         return [int(s) for s in text.split(",") if s.strip()]
-    return list(range(int(text)))
+    count = int(text)
+    if count < 1:
+        # `--seeds 0` reads like "seed 0" but is a count of zero: say so instead of running
+        # nothing
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text} is a count of seeds and must be >= 1; for seed 0 alone use 1, "
+            "for a list use commas (e.g. 0,1)")
+    return list(range(count))
 
 
 def _csv(text: str) -> list[str]:
