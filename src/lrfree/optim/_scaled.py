@@ -12,12 +12,13 @@ step of still-training parameters from shrinking when others converge (requireme
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from lrfree.optim._base import Bucket, sum_sq, total
+from lrfree import averaging
+from lrfree.optim._base import Bucket, LRFreeOptimizer, sum_sq, total
 from lrfree.scaling import Scaling, bias_corrections
 
 ALPHA_NORMS = ("initial", "running", "none")
@@ -111,3 +112,48 @@ def _like(tensors: list[Tensor], reference: list[Tensor]) -> list[Tensor]:
     if tensors[0].dtype == reference[0].dtype:
         return tensors
     return [t.to(r.dtype) for t, r in zip(tensors, reference)]
+
+
+class ScaledSpaceOptimizer(LRFreeOptimizer):
+    """What every PS optimizer shares: the move into the scaled space before its rule
+    chooses a step, and the step (plus the iterate average) after it.
+
+    Subclasses set ``_scaling`` and ``_rule_state`` (state tensors of the rule itself).
+    """
+
+    _scaling: Scaling
+    _rule_state: tuple[str, ...] = ()
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        momentum = ("m",) if group["betas"][0] > 0 else ()
+        average = ("x_avg",) if self.param_groups[0]["average"] else ()
+        return (*momentum, *self._scaling.state_names, *self._rule_state, *average)
+
+    def _enter_scaled_space(self, buckets: list[Bucket], initial: Callable[..., dict[str, Tensor]]
+                            ) -> tuple[dict[str, Tensor], bool, Tensor]:
+        """Update the moments, fix N and fill each bucket's scaled gradient g'.
+
+        Returns the estimate, whether this is its first step, and N.
+        """
+        group0 = self.param_groups[0]
+        device, dtype = self._device(), self._scalar_dtype()
+        est = self._estimate(initial, device)
+        first = "alpha_norm" not in est
+        advance_moments(buckets, self._scaling)
+        norm = alpha_normaliser(buckets, est, group0["alpha_norm"], first,
+                                self._scaling.is_identity, self._reduce, device, dtype)
+        scale_gradients(buckets, norm)
+        return est, first, norm
+
+    def _take_step(self, buckets: list[Bucket], est: dict[str, Tensor], step: Tensor,
+                   norm: Tensor, average_scale: Tensor) -> None:
+        """x <- x - gamma * step * N * m_hat / a for every group, then the average
+        (weights average_scale^2 * k^p), and the observable effective_lr."""
+        group0 = self.param_groups[0]
+        apply_step(buckets, {id(b.group): step * b.group["lr"] * norm for b in buckets})
+        if group0["average"]:
+            averaging.update(est, [b.params for b in buckets],
+                             [b.states["x_avg"] for b in buckets], average_scale,
+                             group0["average_power"])
+        for group in self.param_groups:
+            group["effective_lr"] = step * group["lr"] * norm

@@ -6,16 +6,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lrfree import averaging
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, LRFreeOptimizer, check_betas, check_choice, check_positive, sum_dot, sum_sq, total,
+    Bucket, check_betas, check_choice, check_positive, sum_dot, sum_sq, total,
 )
 from lrfree.rules.dadapt import DAdaptEstimate
 from lrfree.scaling import Scaling, bias_corrections, get_scaling
 
 
-class PSDASGD(LRFreeOptimizer):
+class PSDASGD(_scaled.ScaledSpaceOptimizer):
     r"""Learning-rate-free Adam: D-Adaptation SGD on the Adam-rescaled network.
 
     With ``a_k`` from the scaling (Adam: :math:`\sqrt{\hat v_k}+\epsilon`), the
@@ -88,6 +87,8 @@ class PSDASGD(LRFreeOptimizer):
     Use a schedule (``lr`` multiplier) or ``d_coef < 1`` when the estimate overshoots.
     """
 
+    _rule_state = ("s",)
+
     def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = True,
                  scaling: str | Scaling = "adam", alpha_norm: str = "initial", d0: float = 1e-6,
@@ -123,21 +124,11 @@ class PSDASGD(LRFreeOptimizer):
         # user-defined Scaling.
         self._scaling = scaling
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        momentum = ("m",) if group["betas"][0] > 0 else ()
-        average = ("x_avg",) if self.param_groups[0]["average"] else ()
-        return (*momentum, *self._scaling.state_names, "s", *average)
-
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         group0 = self.param_groups[0]
+        est, first, norm = self._enter_scaled_space(
+            buckets, lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt))
         device, dtype = self._device(), self._scalar_dtype()
-        est = self._estimate(lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt), device)
-        first = "alpha_norm" not in est
-        _scaled.advance_moments(buckets, self._scaling)
-        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first,
-                                        self._scaling.is_identity, self._reduce, device, dtype)
-        _scaled.scale_gradients(buckets, norm)
-
         dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
         for b in buckets:
             gamma = b.group["lr"]
@@ -158,19 +149,12 @@ class PSDASGD(LRFreeOptimizer):
         d_used = est["d"]
         DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"],
                               group0["d_coef"])
-
-        lrs = {}
         for b in buckets:
             step = (lam * b.group["lr"]).to(b.scaled[0].dtype)
             torch._foreach_add_(b.states["s"], torch._foreach_mul(b.scaled, step))
-            lrs[id(b.group)] = lam * b.group["lr"] * norm
-        _scaled.apply_step(buckets, lrs)
-        if group0["average"]:
-            averaging.update(est, [b.params for b in buckets],
-                             [b.states["x_avg"] for b in buckets], d_used, group0["average_power"])
+        self._take_step(buckets, est, lam, norm, d_used)
         for group in self.param_groups:
             group["d"], group["d_hat"] = est["d"], est["d_hat"]
-            group["effective_lr"] = lam * group["lr"] * norm
 
     def _base_step(self, est: dict[str, Tensor], sq_norm_g: Tensor,
                    group0: dict[str, Any]) -> Tensor:

@@ -6,16 +6,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lrfree import averaging
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, LRFreeOptimizer, check_betas, check_choice, check_positive, sum_sq,
+    Bucket, check_betas, check_choice, check_positive, sum_sq,
 )
 from lrfree.rules.dog import DoGStep
 from lrfree.scaling import Scaling, get_scaling
 
 
-class PSDoG(LRFreeOptimizer):
+class PSDoG(_scaled.ScaledSpaceOptimizer):
     r"""Learning-rate-free Adam from DoG's step in the Adam-rescaled space.
 
     With ``a_k`` from the scaling, :math:`N = \mathrm{mean}(a_1)` (frozen), the scaled
@@ -42,6 +41,8 @@ class PSDoG(LRFreeOptimizer):
     can decay too early on long runs; ``reps_rel`` sets the start.
     """
 
+    _rule_state = ("x0",)
+
     def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, reps_rel: float = 1e-6, weight_decay: float = 0.0,
                  decouple: bool = True, scaling: str | Scaling = "adam",
@@ -66,11 +67,6 @@ class PSDoG(LRFreeOptimizer):
                          state_dtype=state_dtype, process_group=process_group)
         self._scaling = scaling
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        momentum = ("m",) if group["betas"][0] > 0 else ()
-        average = ("x_avg",) if self.param_groups[0]["average"] else ()
-        return (*momentum, *self._scaling.state_names, "x0", *average)
-
     def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
         if name == "x0":
             return p.detach().to(dtype, copy=True)
@@ -78,13 +74,8 @@ class PSDoG(LRFreeOptimizer):
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         group0 = self.param_groups[0]
+        est, first, norm = self._enter_scaled_space(buckets, DoGStep.initial)
         device, dtype = self._device(), self._scalar_dtype()
-        est = self._estimate(DoGStep.initial, device)
-        first = "alpha_norm" not in est
-        _scaled.advance_moments(buckets, self._scaling)
-        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first,
-                                        self._scaling.is_identity, self._reduce, device, dtype)
-        _scaled.scale_gradients(buckets, norm)
         sq_dist, sq_x0 = [], []
         for b in buckets:
             weights = b.denoms if b.denoms is not None else [torch.ones_like(x) for x in b.params]
@@ -101,10 +92,6 @@ class PSDoG(LRFreeOptimizer):
         if first:
             est["r_eps"] = group0["reps_rel"] * (1.0 + torch.sqrt(x0_norm))
         eta = DoGStep.update(est, distance, sq_norm_g)
-        _scaled.apply_step(buckets, {id(b.group): eta * b.group["lr"] * norm for b in buckets})
-        if group0["average"]:
-            averaging.update(est, [b.params for b in buckets], [b.states["x_avg"] for b in buckets],
-                             torch.ones_like(eta), group0["average_power"])
+        self._take_step(buckets, est, eta, norm, torch.ones_like(eta))
         for group in self.param_groups:
             group["dog_step"] = eta
-            group["effective_lr"] = eta * group["lr"] * norm

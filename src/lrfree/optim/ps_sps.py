@@ -7,16 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lrfree import averaging
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, LRFreeOptimizer, check_betas, check_choice, check_positive,
+    Bucket, check_betas, check_choice, check_positive,
 )
 from lrfree.rules.polyak import PolyakStep
 from lrfree.scaling import Scaling, get_scaling
 
 
-class PSSPS(LRFreeOptimizer):
+class PSSPS(_scaled.ScaledSpaceOptimizer):
     r"""Learning-rate-free Adam: the capped stochastic Polyak step on the Adam-rescaled network.
 
     With ``a_k`` from the scaling, :math:`N = \mathrm{mean}(a_1)` (frozen), the scaled
@@ -106,30 +105,16 @@ class PSSPS(LRFreeOptimizer):
         # user-defined Scaling.
         self._scaling = scaling
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        momentum = ("m",) if group["betas"][0] > 0 else ()
-        average = ("x_avg",) if self.param_groups[0]["average"] else ()
-        return (*momentum, *self._scaling.state_names, *average)
-
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         assert loss is not None
         group0 = self.param_groups[0]
+        est, _, norm = self._enter_scaled_space(buckets, PolyakStep.initial)
         device, dtype = self._device(), self._scalar_dtype()
-        est = self._estimate(PolyakStep.initial, device)
-        first = "alpha_norm" not in est
-        _scaled.advance_moments(buckets, self._scaling)
-        norm = _scaled.alpha_normaliser(buckets, est, group0["alpha_norm"], first,
-                                        self._scaling.is_identity, self._reduce, device, dtype)
-        _scaled.scale_gradients(buckets, norm)
         (sq_norm_g,) = self._reduce([_scaled.sq_norm_scaled(buckets, device, dtype)])
         eta = PolyakStep.update(est, loss.to(device, dtype), sq_norm_g, group0["f_star"],
                                 group0["c"], group0["delta"], group0["cap_start"],
                                 group0["cap_growth"])
-        lrs = {id(b.group): eta * b.group["lr"] * norm for b in buckets}
-        _scaled.apply_step(buckets, lrs)
-        if group0["average"]:  # weights k^p: the Polyak rule has no distance scale
-            averaging.update(est, [b.params for b in buckets], [b.states["x_avg"] for b in buckets],
-                             torch.ones_like(eta), group0["average_power"])
+        # averaging weights k^p: the Polyak rule has no distance scale
+        self._take_step(buckets, est, eta, norm, torch.ones_like(eta))
         for group in self.param_groups:
             group["polyak_step"] = eta
-            group["effective_lr"] = eta * group["lr"] * norm
