@@ -179,7 +179,10 @@ def summary_table(tasks: dict[str, TaskResults]) -> str:
 
 
 def build_report(out: Path, plots: bool = True) -> Report:
-    """Read every record under `out`, write `out/report.md` and `out/plots/*.png`."""
+    """Read every record under `out`, write `out/report.md` and `out/plots/*.png`.
+
+    A hand-written `out/notes.md` (the findings) is included after the header.
+    """
     out = Path(out)
     records = load_records(out)
     tasks = group(records)
@@ -200,6 +203,11 @@ def build_report(out: Path, plots: bool = True) -> Report:
                     f"{host['platform']}, {host['cpu_count']} CPUs, "
                     f"{host['torch_threads']} torch threads."), "",
                    "Commands: " + "; ".join(f"`{c}`" for c in commands), ""]
+    # Findings are written by people, from the tables below; kept beside the data so the
+    # regenerated report carries them.
+    notes = out / "notes.md"
+    if notes.exists():
+        header += [notes.read_text().strip(), ""]
     summary = summary_table(tasks)
     if summary:
         header += ["## Mean rank among LR-free methods", "", summary, ""]
