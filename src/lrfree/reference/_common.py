@@ -64,3 +64,40 @@ def mean_over_live(a: dict, grads: dict, items) -> float:
     if count == 0:
         return sum(float(a[p].sum()) for _, p in items) / sum(a[p].numel() for _, p in items)
     return sum(float(t.sum()) for t in live) / count
+
+
+def scaled_space_inputs(optimizer: torch.optim.Optimizer, items: list, scaling: str,
+                        rule_state: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
+    """Per parameter: count its step, add coupled decay, update m and v.
+
+    Returns (a_k, g_k, m_hat_k) keyed by parameter (spec section 2).
+    """
+    a, grads, direction = {}, {}, {}
+    for group, p in items:
+        beta1, beta2 = group["betas"]
+        state = optimizer.state[p]
+        names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max")}.get(
+            scaling, ("v",)) + rule_state
+        init_state(state, p, names)
+        state["step"] += 1
+        g = p.grad.clone()
+        if group["weight_decay"] and not group["decouple"]:
+            g = g + group["weight_decay"] * p
+        grads[p] = g
+        direction[p] = momentum_direction(state, g, state["step"], beta1)
+        a[p] = alpha_denominator(state, g, state["step"], scaling, beta2, group["eps"])
+    return a, grads, direction
+
+
+def normaliser(scalars: dict, a: dict, grads: dict, items: list, scaling: str,
+               alpha_norm: str) -> float:
+    """N (spec section 3): 1, the running mean, or the mean frozen at the first step."""
+    if scaling == "none" or alpha_norm == "none":
+        n = 1.0
+    elif alpha_norm == "running" or scalars["N0"] is None:
+        n = mean_over_live(a, grads, items)
+    else:
+        n = scalars["N0"]
+    if scalars["N0"] is None or alpha_norm == "running":
+        scalars["N0"] = n
+    return n

@@ -5,9 +5,7 @@ import math
 
 import torch
 
-from lrfree.reference._common import (
-    active_params, alpha_denominator, init_state, mean_over_live, momentum_direction,
-)
+from lrfree.reference._common import active_params, normaliser, scaled_space_inputs
 
 
 class PSDoGReference(torch.optim.Optimizer):
@@ -27,29 +25,11 @@ class PSDoGReference(torch.optim.Optimizer):
         if not items:
             return loss
         sc["k"] += 1
-        a, grads, direction = {}, {}, {}
-        for group, p in items:
-            beta1, beta2 = group["betas"]
-            state = self.state[p]
-            if "step" not in state:
-                names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max")}.get(
-                    self.scaling, ("v",))
-                init_state(state, p, names)
-                state["x0"] = p.clone()
-            state["step"] += 1
-            g = p.grad.clone()
-            if group["weight_decay"] and not group["decouple"]:
-                g = g + group["weight_decay"] * p
-            grads[p] = g
-            direction[p] = momentum_direction(state, g, state["step"], beta1)
-            a[p] = alpha_denominator(state, g, state["step"], self.scaling, beta2, group["eps"])
-        if self.scaling == "none" or self.alpha_norm == "none":
-            n = 1.0
-        elif sc["N0"] is None:
-            n = mean_over_live(a, grads, items)
-        else:
-            n = sc["N0"]
-        sc["N0"] = n
+        for _, p in items:  # DoG measures distance from where each parameter started
+            if "x0" not in self.state[p]:
+                self.state[p]["x0"] = p.clone()
+        a, grads, direction = scaled_space_inputs(self, items, self.scaling)
+        n = normaliser(sc, a, grads, items, self.scaling, self.alpha_norm)
 
         def alpha_sq(p):  # alpha^2 = a / N
             return torch.ones_like(p) if a[p] is None else a[p] / n

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lrfree.reference._common import (
-    active_params, alpha_denominator, init_state, loss_value, mean_over_live, momentum_direction,
-)
+from lrfree.reference._common import active_params, loss_value, normaliser, scaled_space_inputs
 
 
 class PSSPSReference(torch.optim.Optimizer):
@@ -32,29 +30,9 @@ class PSSPSReference(torch.optim.Optimizer):
         if not items:
             return loss
         sc["k"] += 1
-        a, g_scaled, direction = {}, {}, {}
-        for group, p in items:
-            beta1, beta2 = group["betas"]
-            state = self.state[p]
-            names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max")}.get(
-                self.scaling, ("v",))
-            init_state(state, p, names)
-            state["step"] += 1
-            g = p.grad.clone()
-            if group["weight_decay"] and not group["decouple"]:
-                g = g + group["weight_decay"] * p
-            direction[p] = momentum_direction(state, g, state["step"], beta1)
-            a[p] = alpha_denominator(state, g, state["step"], self.scaling, beta2, group["eps"])
-            g_scaled[p] = g
-
-        if self.scaling == "none" or self.alpha_norm == "none":
-            n = 1.0
-        elif self.alpha_norm == "running" or sc["N0"] is None:
-            n = mean_over_live(a, g_scaled, items)
-        else:
-            n = sc["N0"]
-        if sc["N0"] is None or self.alpha_norm == "running":
-            sc["N0"] = n
+        a, grads, direction = scaled_space_inputs(self, items, self.scaling)
+        n = normaliser(sc, a, grads, items, self.scaling, self.alpha_norm)
+        g_scaled = dict(grads)
         for _, p in items:
             if a[p] is not None:
                 g_scaled[p] = g_scaled[p] / torch.sqrt(a[p] / n)
