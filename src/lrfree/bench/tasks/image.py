@@ -14,7 +14,7 @@ machine): ResNet-20 quick 18 s, full 50 s; VGG quick 20 s, full 58 s; tiny about
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -94,24 +94,39 @@ class FashionClassificationTask:
             "test", data_dir=self.data_dir, subset=budget.extra["test_size"]
         )
         model = build_seeded(self.build_model, seed)
-        gen = data_generator(seed)
-        batches = batch_indices(len(x_train), budget.batch_size, gen)
-        handle = factory(model.parameters(), budget.steps)
-        handle.train()
-        metric = float("nan")
-        for step in range(1, budget.steps + 1):
-            idx = next(batches)
+
+        def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             xb = random_crop_flip(x_train[idx], gen) if self.augment else x_train[idx]
-            handle.zero_grad()
-            loss = F.cross_entropy(model(xb), y_train[idx])
-            loss.backward()
-            handle.step(loss)
-            log.train_step(step - 1, loss.detach(), handle)
-            if is_eval_step(step, budget):
-                with evaluating(model, handle):
-                    metric = accuracy(model, x_test, y_test)
-                log.evaluate(step, metric)
-        return metric
+            return F.cross_entropy(model(xb), y_train[idx])
+
+        return train_loop(model, factory, budget, seed, log, len(x_train), batch_loss,
+                          lambda: accuracy(model, x_test, y_test))
+
+
+def train_loop(model: nn.Module, factory: OptimizerFactory, budget: Budget, seed: int,
+               log: TrainLog, n_train: int,
+               batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+               evaluate: Callable[[], float]) -> float:
+    """The loop the supervised tasks share: seeded batch order (the same generator then
+    drives augmentation), one optimizer step per batch, evaluation at the budget's eval
+    points with the optimizer's evaluation weights swapped in. Returns the last metric."""
+    gen = data_generator(seed)
+    batches = batch_indices(n_train, budget.batch_size, gen)
+    handle = factory(model.parameters(), budget.steps)
+    handle.train()
+    metric = float("nan")
+    for step in range(1, budget.steps + 1):
+        idx = next(batches)
+        handle.zero_grad()
+        loss = batch_loss(idx, gen)
+        loss.backward()
+        handle.step(loss)
+        log.train_step(step - 1, loss.detach(), handle)
+        if is_eval_step(step, budget):
+            with evaluating(model, handle):
+                metric = evaluate()
+            log.evaluate(step, metric)
+    return metric
 
 
 def classification_budgets(

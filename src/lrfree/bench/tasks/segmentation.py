@@ -15,11 +15,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from lrfree.bench.data.batches import batch_indices
 from lrfree.bench.data.shapes import NUM_CLASSES, generate_shapes
 from lrfree.bench.models import UNet, build_seeded
 from lrfree.bench.tasks.base import Budget, OptimizerFactory, TrainLog
-from lrfree.bench.tasks.image import EVAL_BATCH, data_generator, evaluating, is_eval_step
+from lrfree.bench.tasks.image import EVAL_BATCH, train_loop
 
 TRAIN_SEED, TEST_SEED = 1, 2
 
@@ -62,27 +61,14 @@ class UNetSegTask:
         x_train, y_train = generate_shapes(budget.extra["train_size"], TRAIN_SEED)
         x_test, y_test = generate_shapes(budget.extra["test_size"], TEST_SEED)
         model = build_seeded(lambda: UNet(in_channels=1, num_classes=NUM_CLASSES), seed)
-        gen = data_generator(seed)
-        batches = batch_indices(len(x_train), budget.batch_size, gen)
-        handle = factory(model.parameters(), budget.steps)
-        handle.train()
-        metric = float("nan")
-        for step in range(1, budget.steps + 1):
-            idx = next(batches)
+
+        def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             xb, yb = _flip(x_train[idx], y_train[idx], gen)
-            handle.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            handle.step(loss)
-            log.train_step(step - 1, loss.detach(), handle)
-            if is_eval_step(step, budget):
-                with evaluating(model, handle):
-                    pred = torch.cat(
-                        [
-                            model(x_test[i : i + EVAL_BATCH]).argmax(1)
-                            for i in range(0, len(x_test), EVAL_BATCH)
-                        ]
-                    )
-                metric = mean_iou(pred, y_test, NUM_CLASSES)
-                log.evaluate(step, metric)
-        return metric
+            return F.cross_entropy(model(xb), yb)
+
+        def evaluate() -> float:
+            pred = torch.cat([model(x_test[i : i + EVAL_BATCH]).argmax(1)
+                              for i in range(0, len(x_test), EVAL_BATCH)])
+            return mean_iou(pred, y_test, NUM_CLASSES)
+
+        return train_loop(model, factory, budget, seed, log, len(x_train), batch_loss, evaluate)
