@@ -27,8 +27,8 @@ def reference_average(make_ref, steps, power=8.0, weight="d"):
         ref.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x[idx], step), y[idx])
         loss.backward()
-        d = ref.scalars.get("d", 1.0) if weight == "d" else 1.0
         ref.step(loss=loss)
+        d = ref.scalars["d_used"] if weight == "d" else 1.0
         k = ref.scalars["k"]
         w = d ** 2 * k ** power
         total += w

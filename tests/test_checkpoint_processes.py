@@ -174,13 +174,13 @@ def test_checkpoint_from_before_an_option_existed_loads_with_its_default():
     import lrfree
 
     w = torch.nn.Parameter(torch.ones(3))
-    opt = lrfree.PSDASGD([w])
+    opt = lrfree.PSDASGD([w], d0=1e-6)  # the start before d0_lr existed
     w.grad = torch.ones(3)
     opt.step()
     saved = opt.state_dict()
     for group in saved["param_groups"]:
         del group["d0_lr"]
-    fresh = lrfree.PSDASGD([w])
+    fresh = lrfree.PSDASGD([w], d0=1e-6)
     fresh.load_state_dict(saved)
     assert fresh.param_groups[0]["d0_lr"] is None
     fresh.step()

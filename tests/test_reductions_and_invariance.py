@@ -37,7 +37,7 @@ def test_dadaptsgd_matches_peer_package(momentum):
 
 
 def test_psdasgd_with_unit_scaling_is_dadaptsgd():
-    ps, _ = train(lambda g: lrfree.PSDASGD(g, scaling="none", betas=(0.0, 0.999)), 60)
+    ps, _ = train(lambda g: lrfree.PSDASGD(g, scaling="none", betas=(0.0, 0.999), d0=1e-6), 60)
     base, _ = train(lambda g: lrfree.DAdaptSGD(g), 60)
     assert rel(flat(ps), flat(base)) < 1e-10
 
@@ -143,3 +143,32 @@ def test_requirement2_running_norm_shrinks_step():
         opt.step()
         norms.append(float(opt.param_groups[0]["estimate"]["alpha_norm"]))
     assert norms[-1] < 0.5 * max(norms)
+
+
+@pytest.mark.parametrize("d0_lr", [1e-6, 1e-3])
+def test_default_start_is_d0_lr_in_adam_units(d0_lr):
+    """The first step equals torch Adam's first step at lr = d0_lr, also when part of the
+    network has an exactly zero first gradient (elements behind a zero-initialised head):
+    n counts only the elements whose gradient is not zero."""
+    g = torch.Generator().manual_seed(0)
+    live = torch.randn(300, dtype=torch.float64, generator=g)
+    dead = torch.randn(5000, dtype=torch.float64, generator=g)
+    grads = (torch.randn(300, dtype=torch.float64, generator=g), torch.zeros(5000, dtype=torch.float64))
+    ours = [torch.nn.Parameter(live.clone()), torch.nn.Parameter(dead.clone())]
+    adam = [torch.nn.Parameter(live.clone()), torch.nn.Parameter(dead.clone())]
+    opt_ours = lrfree.PSDASGD(ours, d0_lr=d0_lr, eps=1e-30)
+    opt_adam = torch.optim.Adam(adam, lr=d0_lr, eps=1e-30)
+    for params, opt in ((ours, opt_ours), (adam, opt_adam)):
+        for p, grad in zip(params, grads):
+            p.grad = grad.clone()
+        opt.step()
+    def cat(params):
+        return torch.cat([p.detach() for p in params])
+
+    assert rel(cat(ours), cat(adam)) < 1e-12
+    assert abs(float(opt_ours.param_groups[0]["effective_lr"]) / d0_lr - 1) < 1e-12
+
+
+def test_start_given_twice_is_an_error():
+    with pytest.raises(ValueError, match="d0=.*d0_lr"):
+        lrfree.PSDASGD([torch.nn.Parameter(torch.ones(2))], d0=1e-6, d0_lr=1e-6)

@@ -63,6 +63,7 @@ PSDASGD_OPTIONS = [
     dict(scaling="none"),
     dict(alpha_norm="running"),
     dict(alpha_norm="none"),
+    dict(d0=1e-6),  # the published start: a distance in scaled units
     dict(betas=(0.0, 0.99)),
     dict(weight_decay=0.1),
     dict(weight_decay=0.1, decouple=False),

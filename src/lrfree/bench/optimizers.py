@@ -229,7 +229,7 @@ _FIXED: dict[str, OptimizerSpec] = {
               ("psdasgd-nonorm", "PSDASGD", {"alpha_norm": "none"}),
               ("psdasgd-amsgrad", "PSDASGD", {"scaling": "amsgrad"}),
               ("psdasgd-dcoef0.5", "PSDASGD", {"d_coef": 0.5}),
-              ("psdasgd-d0lr", "PSDASGD", {"d0_lr": 1e-6}),
+              ("psdasgd-d0", "PSDASGD", {"d0": 1e-6}),  # the published start (scaled units)
               ("pssps-c0.2", "PSSPS", {"c": 0.2}),
               ("pssps-c1", "PSSPS", {"c": 1.0}),
               ("pssps-amsgrad", "PSSPS", {"scaling": "amsgrad"}),

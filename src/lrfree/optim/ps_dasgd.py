@@ -47,11 +47,17 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         alpha_norm: "initial" (default: N frozen at step 1), "running" (N recomputed every
             step, with G0 replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not
             invariant to rescaling alpha: for ablations).
-        d0: initial estimate of the distance to the solution (in scaled units).
-        d0_lr: if given, replaces ``d0``: the estimate starts where the first effective lr
-            equals ``d0_lr`` (Adam-lr units, as Prodigy's ``d0``), i.e. ``d_1 = d0_lr G0 / N``.
-            Shortens the warm-up on large models, where ``d0`` in scaled units starts the
-            effective lr near ``d0 * sqrt(N / n)`` for n parameters.
+        d0_lr: where the estimate starts, as the first effective lr in Adam-lr units
+            (default 1e-6, the start of DAdaptAdam and Prodigy): ``d_1 = d0_lr sqrt(n)``
+            for the n elements with a non-zero first gradient, which makes the first
+            effective lr exactly ``d0_lr`` for Adam's scaling (``a_1 = |g_1|``, eps aside)
+            while staying invariant to the scale of alpha. Give ``d0`` instead to start
+            from a distance in scaled units.
+        d0: initial estimate of the distance to the solution in scaled units (the
+            published D-Adaptation parameter; default: unused, see ``d0_lr``). In scaled
+            units a fixed ``d0`` starts the effective lr near ``d0 / sqrt(n)`` for n
+            parameters, ~1e-9 for a small CNN: a warm-up ~2.5 orders of magnitude longer
+            (docs/algorithms.md, "Where the estimate starts").
         d_coef: multiplier on the estimate ``d_hat``; < 1 is more conservative.
         growth_rate: bound on the growth of ``d`` per step (default: unbounded).
         average: keep a weighted average of the iterates (weights d_k^2 k^p, see
@@ -82,7 +88,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             opt.step()
             sched.step()
 
-    Failure modes: ``d`` grows from ``d0`` in the first ~40 steps and never decreases; an
+    Failure modes: ``d`` grows from its start in the first ~20-60 steps (slower the noisier
+    the gradient) and never decreases; an
     overshoot stays, and without a schedule the step does not decay under gradient noise.
     Use a schedule (``lr`` multiplier) or ``d_coef < 1`` when the estimate overshoots.
     """
@@ -91,7 +98,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
 
     def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = True,
-                 scaling: str | Scaling = "adam", alpha_norm: str = "initial", d0: float = 1e-6,
+                 scaling: str | Scaling = "adam", alpha_norm: str = "initial",
+                 d0: float | None = None,
                  d_coef: float = 1.0, growth_rate: float = float("inf"),
                  average: bool = False, average_power: float = 8.0,
                  d0_lr: float | None = None, *,
@@ -100,9 +108,15 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
-        check_positive("d0", d0)
-        if d0_lr is not None:
+        if d0 is not None and d0_lr is not None:
+            raise ValueError(f"d0={d0!r} and d0_lr={d0_lr!r} both set the start of the "
+                             "estimate: give one (d0_lr in Adam-lr units, d0 in scaled units)")
+        if d0 is None:
+            d0_lr = 1e-6 if d0_lr is None else d0_lr
             check_positive("d0_lr", d0_lr)
+            d0 = 1e-6  # replaced by d0_lr's start at the first non-zero gradient
+        else:
+            check_positive("d0", d0)
         check_positive("d_coef", d_coef)
         check_positive("growth_rate", growth_rate, allow_inf=True)
         if growth_rate < 1:
@@ -138,12 +152,22 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             sq_g.append(sq)
             sq_g_weighted.append(gamma * gamma * sq)
             sq_s.append(sum_sq(b.states["s"]).to(dtype))
+        sums = [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)]
+        start = first and group0["d0_lr"] is not None
+        if start:  # elements with a non-zero first gradient, for the start below
+            sums.append(total([sum(torch.count_nonzero(g) for g in b.grads) for b in buckets],
+                              device, dtype))
         # one collective for every sum of the step
-        sq_norm_g, dot, sq_weighted, sq_norm_s = self._reduce(
-            [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)])
-        if first and group0["d0_lr"] is not None:
-            # start where the first effective lr (d N / G0) equals d0_lr, in Adam's units
-            est["d"] = group0["d0_lr"] * torch.sqrt(sq_norm_g) / norm
+        sq_norm_g, dot, sq_weighted, sq_norm_s, *count = self._reduce(sums)
+        if start:
+            est["live_count"] = count[0]
+        if group0["d0_lr"] is not None:
+            # d_1 = d0_lr sqrt(n): with Adam's a_1 = |g_1| over the n elements with a
+            # non-zero gradient, G0 = N sqrt(n), so the first effective lr d N / G0 is d0_lr
+            # (Adam units), and unlike d0_lr G0 / N it is invariant to the scale of alpha.
+            # Taken at the step that fixes G0 (the first non-zero gradient).
+            est["d"] = torch.where(est["grad_norm0"] > 0, est["d"],
+                                   group0["d0_lr"] * torch.sqrt(est["live_count"].clamp(min=1)))
         DAdaptEstimate.set_grad_norm0(est, sq_norm_g)
         lam = self._base_step(est, sq_norm_g, group0)
         d_used = est["d"]

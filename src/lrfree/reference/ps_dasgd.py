@@ -13,10 +13,12 @@ class PSDASGDReference(torch.optim.Optimizer):
     ``self.scalars`` (d, d_hat, r, N0, G0, k)."""
 
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decouple=True, scaling="adam", alpha_norm="initial", d0=1e-6, d_coef=1.0,
+                 decouple=True, scaling="adam", alpha_norm="initial", d0=None, d_coef=1.0,
                  growth_rate=math.inf, d0_lr=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple))
+        if d0 is None:  # the default start: the first effective lr is d0_lr (1e-6)
+            d0, d0_lr = 1e-6, 1e-6 if d0_lr is None else d0_lr
         self.scaling, self.alpha_norm = scaling, alpha_norm
         self.d_coef, self.growth_rate, self.d0_lr = d_coef, growth_rate, d0_lr
         self.scalars = dict(d=d0, d_hat=0.0, r=0.0, N0=None, G0=0.0, k=0, u=0.0)
@@ -37,8 +39,11 @@ class PSDASGDReference(torch.optim.Optimizer):
                 g_scaled[p] = g_scaled[p] / torch.sqrt(a[p] / n)  # g' = g / alpha
 
         sq_norm = sum(float((g_scaled[p] ** 2).sum()) for _, p in items)
-        if sc["k"] == 1 and self.d0_lr is not None:  # first effective lr = d0_lr
-            sc["d"] = self.d0_lr * math.sqrt(sq_norm) / n
+        if sc["k"] == 1:  # n: elements with a non-zero first gradient
+            sc["n_live"] = sum(int((grads[p] != 0).sum()) for _, p in items)
+        if sc["G0"] == 0 and self.d0_lr is not None:  # first effective lr d0_lr (Adam's a)
+            sc["d"] = self.d0_lr * math.sqrt(max(sc["n_live"], 1))
+        sc["d_used"] = sc["d"]  # the d of this step (iterate-averaging weight d_k^2)
         if sc["G0"] == 0:
             sc["G0"] = math.sqrt(sq_norm)
         if self.alpha_norm == "running":
