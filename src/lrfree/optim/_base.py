@@ -217,7 +217,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         for index, p in zip(saved_ids, own):
             for name, value in saved.get(index, {}).items():
                 if isinstance(value, Tensor) and value.dim() > 0 and \
-                        value.shape != distributed.local(p).shape:
+                        value.shape != self._state_shape(name, distributed.local(p)):
                     raise ValueError(
                         f"checkpoint state {name!r} of parameter {index} has shape "
                         f"{tuple(value.shape)} but the parameter in that position has shape "
@@ -359,6 +359,10 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
                 for name in lists:
                     lists[name].append(state[name])
             bucket.states = lists
+
+    def _state_shape(self, name: str, p: Tensor) -> torch.Size:
+        """The shape of state ``name`` of parameter ``p`` (a factored scaling's differ)."""
+        return p.shape
 
     def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
         if name == "x_avg":  # the average of a parameter that has not moved yet
