@@ -209,6 +209,13 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             raise ValueError(
                 f"this checkpoint was saved by {saved_by or 'another optimizer'}, not "
                 f"{type(self).__name__}: build the optimizer the checkpoint came from")
+        # the scalings' states differ in names and shapes (adafactor's are factored)
+        saved_scaling = state_dict["param_groups"][0].get("scaling")
+        own_scaling = self.param_groups[0].get("scaling")
+        if saved_scaling is not None and own_scaling is not None and saved_scaling != own_scaling:
+            raise ValueError(
+                f"this checkpoint was saved with scaling={saved_scaling!r}, but this optimizer "
+                f"uses scaling={own_scaling!r}: build it with the checkpoint's scaling")
         # options added after the checkpoint was written take their defaults
         state_dict = dict(state_dict, param_groups=[
             {**{k: v for k, v in self.defaults.items() if k not in g}, **g}
