@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 import lrfree
-from lrfree import scaling_factored
 from lrfree.scaling import Scaling
 from problems import TinyNet, batches, flat, param_groups, train
 
@@ -219,7 +218,9 @@ def test_foreach_matches_per_tensor(cls, kw):
 
 
 def test_bitwise_resume_across_shapes():
-    make = lambda n: lrfree.PSDASGD(n.parameters(), scaling="adafactor", weight_decay=0.1)  # noqa: E731
+    def make(n):
+        return lrfree.PSDASGD(n.parameters(), scaling="adafactor", weight_decay=0.1)
+
     straight, _ = mixed_run(make, 12)
     net, opt = mixed_run(make, 5)
     buffer = io.BytesIO()
@@ -273,6 +274,9 @@ def test_unknown_scaling_names_the_valid_ones():
     with pytest.raises(ValueError, match="^scaling=.*adafactor"):
         lrfree.PSDASGD([nn.Parameter(torch.zeros(2, 2))], scaling="factored")
     assert "adafactor" in lrfree.SCALINGS
+    for cls in (lrfree.PSDASGD, lrfree.PSSPS, lrfree.PSDoG):
+        with pytest.raises(ValueError, match="eps=0"):  # a zero v_hat would divide by zero
+            cls([nn.Parameter(torch.zeros(2, 2))], scaling="adafactor", eps=0.0)
 
 
 @pytest.mark.parametrize("rule,cls", [("dadapt", lrfree.PSDASGD), ("sps", lrfree.PSSPS),

@@ -60,8 +60,6 @@ PSDASGD_OPTIONS = [
     dict(scaling="amsgrad"),
     dict(scaling="rmsprop"),
     dict(scaling="adagrad"),
-    dict(scaling="adafactor"),
-    dict(scaling="adafactor", alpha_norm="running", weight_decay=0.1, decouple=False),
     dict(scaling="none"),
     dict(alpha_norm="running"),
     dict(alpha_norm="none"),
@@ -71,6 +69,8 @@ PSDASGD_OPTIONS = [
     dict(d_coef=0.3, growth_rate=1.05),
     dict(d0=1e-3, eps=1e-6),
     dict(d0_lr=1e-4),
+    dict(scaling="adafactor"),
+    dict(scaling="adafactor", alpha_norm="running", weight_decay=0.1, decouple=False),
 ]
 
 
@@ -89,13 +89,13 @@ PSSPS_OPTIONS = [
     dict(),
     dict(scaling="amsgrad"),
     dict(scaling="adagrad"),
-    dict(scaling="adafactor"),
-    dict(scaling="adafactor", betas=(0.0, 0.99), weight_decay=0.1),
     dict(scaling="none", betas=(0.0, 0.999)),
     dict(alpha_norm="running"),
     dict(c=0.2, f_star=0.05, cap_start=0.1, cap_growth=1.5),
     dict(weight_decay=0.1),
     dict(weight_decay=0.1, decouple=False),
+    dict(scaling="adafactor"),
+    dict(scaling="adafactor", betas=(0.0, 0.99), weight_decay=0.1),
 ]
 
 
