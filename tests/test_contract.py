@@ -13,7 +13,10 @@ from problems import TinyNet, batches, flat, param_groups
 OPTIMIZERS = {
     "psdasgd": lambda g, **kw: lrfree.PSDASGD(g, **kw),
     "psdasgd-amsgrad": lambda g, **kw: lrfree.PSDASGD(g, scaling="amsgrad", weight_decay=0.01, **kw),
+    "psdasgd-adafactor": lambda g, **kw: lrfree.PSDASGD(g, scaling="adafactor", **kw),
     "pssps": lambda g, **kw: lrfree.PSSPS(g, **kw),
+    "pssps-adafactor": lambda g, **kw: lrfree.PSSPS(g, scaling="adafactor", weight_decay=0.01,
+                                                    **kw),
     "psdog": lambda g, **kw: lrfree.PSDoG(g, **kw),
     "sps": lambda g, **kw: lrfree.SPS(g, **kw),
     "dadaptsgd": lambda g, **kw: lrfree.DAdaptSGD(g, momentum=0.9, **kw),

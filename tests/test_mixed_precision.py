@@ -13,6 +13,7 @@ import lrfree
 # d0 = 1e-3 so that the D-Adaptation estimate is up within the few steps of a test.
 SETTINGS = {
     "PSDASGD": (lrfree.PSDASGD, {"d0": 1e-3}),
+    "PSDASGD-adafactor": (lrfree.PSDASGD, {"d0": 1e-3, "scaling": "adafactor"}),
     "PSSPS": (lrfree.PSSPS, {}),
     "SPS": (lrfree.SPS, {}),
     "DAdaptSGD": (lrfree.DAdaptSGD, {"momentum": 0.9, "d0": 1e-3}),
@@ -202,7 +203,7 @@ def test_bf16_parameters_rounded_once(name):
     p16 = torch.randn(64, 8).to(torch.bfloat16).requires_grad_()
     p32 = p16.detach().float().requires_grad_()
     kw = {"weight_decay": 0.5} if name != "SPS" else {}
-    kw |= {"d0": 1.0} if name in ("PSDASGD", "DAdaptSGD") else {}
+    kw |= {"d0": 1.0} if name.split("-")[0] in ("PSDASGD", "DAdaptSGD") else {}
     opt16 = make_opt(name, [p16], **kw)
     opt32 = make_opt(name, [p32], **kw)
     changed = 0

@@ -70,6 +70,8 @@ PSDASGD_OPTIONS = [
     dict(d_coef=0.3, growth_rate=1.05),
     dict(d0=1e-3, eps=1e-6),
     dict(d0_lr=1e-4),
+    dict(scaling="adafactor"),
+    dict(scaling="adafactor", alpha_norm="running", weight_decay=0.1, decouple=False),
 ]
 
 
@@ -79,7 +81,7 @@ def test_psdasgd_matches_reference(options, foreach):
     lockstep(
         lambda groups: lrfree.PSDASGD(groups, foreach=foreach, **options),
         lambda groups: PSDASGDReference(groups, **options),
-        ("m", "v", "v_max", "s"),
+        ("m", "v", "v_max", "v_row", "v_col", "s"),
         {"d": "d", "d_hat": "d_hat", "r": "r", "alpha_norm": "N0", "grad_norm0": "G0"},
     )
 
@@ -93,6 +95,8 @@ PSSPS_OPTIONS = [
     dict(c=0.2, f_star=0.05, cap_start=0.1, cap_growth=1.5),
     dict(weight_decay=0.1),
     dict(weight_decay=0.1, decouple=False),
+    dict(scaling="adafactor"),
+    dict(scaling="adafactor", betas=(0.0, 0.99), weight_decay=0.1),
 ]
 
 
@@ -102,13 +106,14 @@ def test_pssps_matches_reference(options, foreach):
     lockstep(
         lambda groups: lrfree.PSSPS(groups, foreach=foreach, **options),
         lambda groups: PSSPSReference(groups, **options),
-        ("m", "v", "v_max"),
+        ("m", "v", "v_max", "v_row", "v_col"),
         {"eta": "eta", "cap": "cap", "floor": "floor", "alpha_norm": "N0"},
     )
 
 
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("options", [dict(), dict(scaling="adagrad"), dict(scaling="none"),
+                                     dict(scaling="adafactor"),
                                      dict(betas=(0.0, 0.99), reps_rel=1e-3),
                                      dict(weight_decay=0.1), dict(weight_decay=0.1, decouple=False)],
                          ids=str)
@@ -116,7 +121,7 @@ def test_psdog_matches_reference(options, foreach):
     lockstep(
         lambda groups: lrfree.PSDoG(groups, foreach=foreach, **options),
         lambda groups: PSDoGReference(groups, **options),
-        ("m", "v", "x0"),
+        ("m", "v", "v_row", "v_col", "x0"),
         {"rbar": "rbar", "sum_sq_grad": "G", "r_eps": "r_eps", "eta": "eta", "alpha_norm": "N0"},
     )
 

@@ -49,7 +49,8 @@ def create(name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
 def ps(params: Any, rule: str = "dadapt", scaling: str | Scaling = "adam",
        **kwargs: Any) -> torch.optim.Optimizer:
     """A parameter-scaled optimizer: ``rule`` ("dadapt", "sps", "dog") run in the space
-    scaled by ``scaling`` ("adam", "amsgrad", "rmsprop", "adagrad", "none" or a Scaling)."""
+    scaled by ``scaling`` ("adam", "amsgrad", "rmsprop", "adagrad", "adafactor", "none" or a
+    Scaling)."""
     if rule not in RULES:
         raise ValueError(f"rule={rule!r} is not known; use one of {', '.join(RULES)}")
     return RULES[rule](params, scaling=scaling, **kwargs)

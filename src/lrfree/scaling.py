@@ -11,6 +11,9 @@ adam       sqrt(v_k / (1 - beta2^k)) + eps                  v (EMA of g^2)
 amsgrad    sqrt(max_{i<=k} v_i / (1 - beta2^i)) + eps       v, v_max
 rmsprop    sqrt(v_k) + eps                                  v
 adagrad    sqrt(sum_i g_i^2) + eps                          v (sum of g^2)
+adafactor  sqrt(r_k c_k^T / mean(r_k) / (1 - beta2^k))     v_row, v_col (EMAs of the row
+           + eps for matrices; adam's below 2 dims         and column means of g^2);
+           (:mod:`lrfree.scaling_factored`)                v below 2 dims
 none       1                                                (nothing)
 =========  ==============================================  =============
 
@@ -24,7 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-SCALINGS = ("adam", "amsgrad", "rmsprop", "adagrad", "none")
+from lrfree import scaling_factored
+
+SCALINGS = ("adam", "amsgrad", "rmsprop", "adagrad", "adafactor", "none")
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,15 @@ class Scaling:
             return ()
         if self.name == "amsgrad":
             return ("v", "v_max")
+        if self.name == "adafactor":
+            return scaling_factored.STATE_NAMES
         return ("v",)
+
+    def state_shape(self, name: str, shape: torch.Size) -> torch.Size:
+        """The shape of state ``name`` for a parameter of ``shape``."""
+        if self.name == "adafactor":
+            return scaling_factored.state_shape(name, shape)
+        return shape
 
     @property
     def is_identity(self) -> bool:
@@ -61,6 +74,8 @@ class Scaling:
         """
         if self.name == "none":
             return None
+        if self.name == "adafactor":
+            return scaling_factored.denominators(states, grads, steps, beta2, eps)
         v = states["v"]
         if self.name == "adagrad":
             torch._foreach_addcmul_(v, grads, grads)

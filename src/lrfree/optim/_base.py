@@ -209,6 +209,13 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             raise ValueError(
                 f"this checkpoint was saved by {saved_by or 'another optimizer'}, not "
                 f"{type(self).__name__}: build the optimizer the checkpoint came from")
+        # the scalings' states differ in names and shapes (adafactor's are factored)
+        saved_scaling = state_dict["param_groups"][0].get("scaling")
+        own_scaling = self.param_groups[0].get("scaling")
+        if saved_scaling is not None and own_scaling is not None and saved_scaling != own_scaling:
+            raise ValueError(
+                f"this checkpoint was saved with scaling={saved_scaling!r}, but this optimizer "
+                f"uses scaling={own_scaling!r}: build it with the checkpoint's scaling")
         # options added after the checkpoint was written take their defaults
         state_dict = dict(state_dict, param_groups=[
             {**{k: v for k, v in self.defaults.items() if k not in g}, **g}
@@ -217,7 +224,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         for index, p in zip(saved_ids, own):
             for name, value in saved.get(index, {}).items():
                 if isinstance(value, Tensor) and value.dim() > 0 and \
-                        value.shape != distributed.local(p).shape:
+                        value.shape != self._state_shape(name, distributed.local(p)):
                     raise ValueError(
                         f"checkpoint state {name!r} of parameter {index} has shape "
                         f"{tuple(value.shape)} but the parameter in that position has shape "
@@ -359,6 +366,10 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
                 for name in lists:
                     lists[name].append(state[name])
             bucket.states = lists
+
+    def _state_shape(self, name: str, p: Tensor) -> torch.Size:
+        """The shape of state ``name`` of parameter ``p`` (a factored scaling's differ)."""
+        return p.shape
 
     def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
         if name == "x_avg":  # the average of a parameter that has not moved yet

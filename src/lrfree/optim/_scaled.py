@@ -129,6 +129,15 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
         average = ("x_avg",) if self.param_groups[0]["average"] else ()
         return (*momentum, *self._scaling.state_names, *self._rule_state, *average)
 
+    def _state_shape(self, name: str, p: Tensor) -> torch.Size:
+        return self._scaling.state_shape(name, p.shape)
+
+    def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
+        shape = self._state_shape(name, p)
+        if shape != p.shape:  # a factored statistic, or an unused 0-d slot
+            return p.new_zeros(shape, dtype=dtype)
+        return super()._initial_state(name, p, dtype)
+
     def _enter_scaled_space(self, buckets: list[Bucket], initial: Callable[..., dict[str, Tensor]]
                             ) -> tuple[dict[str, Tensor], bool, Tensor]:
         """Update the moments, fix N and fill each bucket's scaled gradient g'.

@@ -43,7 +43,9 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         eps: added to ``sqrt(v_hat)`` as in Adam.
         weight_decay: decoupled (AdamW-style, scaled by ``effective_lr``) unless
             ``decouple=False``, which adds ``weight_decay * x`` to the gradient (L2).
-        scaling: the alpha rule: "adam", "amsgrad", "rmsprop", "adagrad" or "none".
+        scaling: the alpha rule: "adam", "amsgrad", "rmsprop", "adagrad", "adafactor"
+            (Adam with a factored second moment for matrices: O(rows + cols) memory, see
+            :mod:`lrfree.scaling_factored`) or "none".
         alpha_norm: "initial" (default: N frozen at step 1), "running" (N recomputed every
             step, with G0 replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not
             invariant to rescaling alpha: for ablations).
@@ -125,7 +127,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         check_choice("average", average, (True, False))
         check_positive("average_power", average_power, allow_zero=True)
         scaling = get_scaling(scaling)
-        if scaling.name in ("adam", "amsgrad", "rmsprop") and eps == 0:
+        if scaling.name in ("adam", "amsgrad", "rmsprop", "adafactor") and eps == 0:
             raise ValueError("eps=0 is invalid with this scaling: a zero second moment would "
                              "divide by zero; use eps > 0 (default 1e-8)")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,

@@ -57,7 +57,7 @@ class PSDoG(_scaled.ScaledSpaceOptimizer):
         check_choice("average", average, (True, False))
         check_positive("average_power", average_power, allow_zero=True)
         scaling = get_scaling(scaling)
-        if scaling.name in ("adam", "amsgrad", "rmsprop") and eps == 0:
+        if scaling.name in ("adam", "amsgrad", "rmsprop", "adafactor") and eps == 0:
             raise ValueError("eps=0 is invalid with this scaling: use eps > 0 (default 1e-8)")
         defaults = dict(lr=lr, betas=betas, eps=eps, reps_rel=reps_rel,
                         weight_decay=weight_decay, decouple=bool(decouple), scaling=scaling.name,

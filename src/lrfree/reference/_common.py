@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor
 
+from lrfree.reference._factored import factored_denominator
+
 
 def active_params(optimizer: torch.optim.Optimizer):
     """(group, p) for every parameter with a gradient in a group with lr > 0."""
@@ -22,6 +24,8 @@ def alpha_denominator(state: dict, g: Tensor, k: int, scaling: str, beta2: float
     """Update v (and v_max) with g and return a_k (spec section 2); None for "none"."""
     if scaling == "none":
         return None
+    if scaling == "adafactor":
+        return factored_denominator(state, g, k, beta2, eps)
     if scaling == "adagrad":
         state["v"] = state["v"] + g * g
         return torch.sqrt(state["v"]) + eps
@@ -76,7 +80,9 @@ def scaled_space_inputs(optimizer: torch.optim.Optimizer, items: list, scaling: 
     for group, p in items:
         beta1, beta2 = group["betas"]
         state = optimizer.state[p]
-        names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max")}.get(
+        # adafactor creates its own statistics (their shapes depend on the parameter's)
+        names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max"),
+                                        "adafactor": ()}.get(
             scaling, ("v",)) + rule_state
         init_state(state, p, names)
         state["step"] += 1
