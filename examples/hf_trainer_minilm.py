@@ -22,16 +22,15 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import TrainingArguments
 
-import lrfree  # noqa: E402
-from lrfree.bench.data.wordnet import LEXNAMES  # noqa: E402
-from lrfree.bench.tasks.finetune import MiniLMClassifier, _data, _pretrained, accuracy  # noqa: E402
-from lrfree.integrations.huggingface import LRFreeTrainer  # noqa: E402
-
-from transformers import TrainingArguments  # noqa: E402
+import lrfree
+from lrfree.bench.data.wordnet import LEXNAMES
+from lrfree.bench.tasks.finetune import MiniLMClassifier, _data, _pretrained, accuracy
+from lrfree.integrations.huggingface import LRFreeTrainer
 
 
 class WithLoss(nn.Module):

@@ -12,9 +12,9 @@ import lrfree
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
-from transformers import Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments
 
-from lrfree.integrations.huggingface import EstimatedLRCallback, LRFreeTrainer  # noqa: E402
+from lrfree.integrations.huggingface import EstimatedLRCallback, LRFreeTrainer
 
 
 class TinyClassifier(nn.Module):

@@ -12,9 +12,9 @@ from torch import nn
 import lrfree
 
 L = pytest.importorskip("lightning")
-from lightning.pytorch.loggers.logger import Logger  # noqa: E402
+from lightning.pytorch.loggers.logger import Logger
 
-from lrfree.integrations.lightning import AccumulatedLoss, EstimatedLRMonitor  # noqa: E402
+from lrfree.integrations.lightning import AccumulatedLoss, EstimatedLRMonitor
 
 
 def data(n: int = 32) -> torch.utils.data.TensorDataset:

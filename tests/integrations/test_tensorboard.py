@@ -12,7 +12,7 @@ import lrfree
 from lrfree.integrations.tensorboard import log_learning_rates
 
 pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "tensorboard_logging.py"
 
