@@ -1,0 +1,177 @@
+"""Trainer drives lrfree optimizers exactly as a hand-written loop over the same batches."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lrfree
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+from transformers import Trainer, TrainingArguments
+
+from lrfree.integrations.huggingface import EstimatedLRCallback, LRFreeTrainer
+
+
+class TinyClassifier(nn.Module):
+    """Trainer's model contract: keyword inputs in, a dict holding the loss out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.net(x)
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+class Points(torch.utils.data.Dataset):
+    def __init__(self, n: int = 48) -> None:
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.randn(n, 6, generator=gen)
+        self.y = (self.x[:, :3] * 2).argmax(1)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def recording(base: type[Trainer]) -> type[Trainer]:
+    """``base`` that keeps every micro-batch it trained on and the loss it computed."""
+
+    class Recording(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            self.seen.append(({k: v.clone() for k, v in inputs.items()},
+                              (out[0] if return_outputs else out).detach().clone()))
+            return out
+
+    Recording.seen = None
+    return Recording
+
+
+def args(tmp_path, steps: int, accumulation: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation, logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True, max_grad_norm=0.0, seed=0, use_cpu=True,
+        dataloader_num_workers=0)
+
+
+def train(trainer_cls, model, opt, sched, tmp_path, steps, accumulation, callbacks=()):
+    cls = recording(trainer_cls)
+    trainer = cls(model=model, args=args(tmp_path, steps, accumulation), train_dataset=Points(),
+                  optimizers=(opt, sched), callbacks=list(callbacks))
+    trainer.seen = []
+    received: list[torch.Tensor | None] = []
+    estimates: list[float] = []
+    # registered after LRFreeTrainer's hook, so it sees what that hook handed over
+    opt.register_step_pre_hook(lambda o, a, kw: received.append(kw.get("loss")))
+    opt.register_step_post_hook(
+        lambda o, a, kw: estimates.append(float(o.param_groups[0]["effective_lr"])))
+    trainer.train()
+    return trainer, received, estimates
+
+
+def hand_loop(model, opt, sched, seen, accumulation, pass_loss):
+    """The same micro-batches, in the same order, through the textbook accumulation loop."""
+    losses = []
+    for start in range(0, len(seen), accumulation):
+        opt.zero_grad()
+        total = None
+        for inputs, _ in seen[start:start + accumulation]:
+            loss = model(**inputs)["loss"] / accumulation
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        losses.append(total)
+        opt.step(loss=total) if pass_loss else opt.step()
+        sched.step()
+    return losses
+
+
+def linear_decay(opt, steps):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / (steps + 1))
+
+
+def test_psdasgd_in_plain_trainer_equals_hand_loop_and_logs_estimate(tmp_path):
+    steps = 5
+    model = TinyClassifier()
+    twin = copy.deepcopy(model)
+    opt = lrfree.PSDASGD(model.parameters())
+    trainer, _, estimates = train(Trainer, model, opt, linear_decay(opt, steps), tmp_path,
+                                  steps, 1, callbacks=[EstimatedLRCallback()])
+    twin_opt = lrfree.PSDASGD(twin.parameters())
+    hand_loop(twin, twin_opt, linear_decay(twin_opt, steps), trainer.seen, 1, pass_loss=False)
+
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    assert trainer.state.global_step == steps
+    assert all(int(s["step"]) == steps for s in opt.state.values())
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in logged] == list(range(1, steps + 1))
+    assert [h["effective_lr"] for h in logged] == estimates
+    assert [h["d"] for h in logged][-1] == float(opt.param_groups[0]["d"])
+    # Trainer's own "learning_rate" is the multiplier the schedule set, not the estimate
+    assert logged[0]["learning_rate"] == pytest.approx(1.0)
+
+
+def test_pssps_receives_the_loss_trainer_backpropagated(tmp_path):
+    steps, accumulation = 4, 2
+    model = TinyClassifier()
+    twin = copy.deepcopy(model)
+    opt = lrfree.PSSPS(model.parameters())
+    trainer, received, estimates = train(LRFreeTrainer, model, opt, linear_decay(opt, steps),
+                                         tmp_path, steps, accumulation)
+    assert len(trainer.seen) == steps * accumulation
+    expected = [trainer.seen[i][1] / accumulation + trainer.seen[i + 1][1] / accumulation
+                for i in range(0, len(trainer.seen), accumulation)]
+    assert len(received) == steps
+    for got, want in zip(received, expected):
+        assert torch.equal(got, want)
+
+    twin_opt = lrfree.PSSPS(twin.parameters())
+    hand = hand_loop(twin, twin_opt, linear_decay(twin_opt, steps), trainer.seen, accumulation,
+                     pass_loss=True)
+    for got, want in zip(received, hand):
+        assert torch.equal(got, want)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["effective_lr"] for h in logged] == estimates
+    assert logged[-1]["polyak_step"] == float(opt.param_groups[0]["polyak_step"])
+
+
+def test_plain_trainer_cannot_step_pssps(tmp_path):
+    model = TinyClassifier()
+    opt = lrfree.PSSPS(model.parameters())
+    trainer = Trainer(model=model, args=args(tmp_path, 1, 1), train_dataset=Points(),
+                      optimizers=(opt, None))
+    with pytest.raises(ValueError, match="needs the mini-batch loss"):
+        trainer.train()
+
+
+def test_optimizer_cls_and_kwargs_gets_the_loss_too(tmp_path):
+    model = TinyClassifier()
+    trainer = LRFreeTrainer(model=model, args=args(tmp_path, 2, 1), train_dataset=Points(),
+                            optimizer_cls_and_kwargs=(lrfree.PSSPS, {}))
+    trainer.train()
+    opt = trainer.optimizer.optimizer
+    assert isinstance(opt, lrfree.PSSPS)
+    assert float(opt.param_groups[0]["polyak_step"]) > 0
+
+
+def test_adamw_is_untouched_and_logs_its_lr(tmp_path):
+    model = TinyClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    trainer = LRFreeTrainer(model=model, args=args(tmp_path, 2, 1), train_dataset=Points(),
+                            optimizers=(opt, torch.optim.lr_scheduler.ConstantLR(opt, 1.0)))
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["effective_lr"] for h in logged] == [1e-3, 1e-3]
