@@ -49,10 +49,11 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
         cap_start, cap_growth: the smooth cap described above.
         average, average_power: iterate averaging as in :class:`lrfree.PSDASGD`, with
             weights k^p (the Polyak rule has no distance estimate to weight by).
-        weight_decay, decouple, scaling, alpha_norm, foreach, nonfinite, state_dtype,
-            process_group: as in :class:`lrfree.PSDASGD` ("running" recomputes N every
-            step). Under torch.distributed the loss is averaged over the ranks (DDP and
-            FSDP give each rank its own batch; the Polyak step must agree everywhere).
+        weight_decay, decouple, scaling, alpha_norm: as in :class:`lrfree.PSDASGD`
+            ("running" recomputes N every step).
+        foreach, nonfinite, state_dtype, process_group: as in :class:`lrfree.PSDASGD`.
+            Under torch.distributed the loss is averaged over the ranks (DDP and FSDP
+            give each rank its own batch; the Polyak step must agree everywhere).
 
     Example::
 
