@@ -50,8 +50,9 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             step, with G0 replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not
             invariant to rescaling alpha: for ablations).
         d0_lr: where the estimate starts, as the first effective lr in Adam-lr units
-            (None: 1e-6 unless d0 is given; the start of DAdaptAdam and Prodigy): ``d_1 = d0_lr sqrt(n)``
-            for the n elements with a non-zero first gradient, which makes the first
+            (None: 1e-6 unless d0 is given; the start of DAdaptAdam and Prodigy):
+            ``d_1 = d0_lr sqrt(n)`` for the n elements with a non-zero first gradient,
+            which makes the first
             effective lr exactly ``d0_lr`` for Adam's scaling (``a_1 = |g_1|``, eps aside)
             while staying invariant to the scale of alpha. Give ``d0`` instead to start
             from a distance in scaled units.
