@@ -52,10 +52,9 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         d0_lr: where the estimate starts, as the first effective lr in Adam-lr units
             (None: 1e-6 unless d0 is given; the start of DAdaptAdam and Prodigy):
             ``d_1 = d0_lr sqrt(n)`` for the n elements with a non-zero first gradient,
-            which makes the first
-            effective lr exactly ``d0_lr`` for Adam's scaling (``a_1 = |g_1|``, eps aside)
-            while staying invariant to the scale of alpha. Give ``d0`` instead to start
-            from a distance in scaled units.
+            which makes the first effective lr exactly ``d0_lr`` for Adam's scaling
+            (``a_1 = |g_1|``, eps aside) while staying invariant to the scale of alpha.
+            Give ``d0`` instead to start from a distance in scaled units.
         d0: initial estimate of the distance to the solution in scaled units (the
             published D-Adaptation parameter; default: unused, see ``d0_lr``). In scaled
             units a fixed ``d0`` starts the effective lr near ``d0 / sqrt(n)`` for n
