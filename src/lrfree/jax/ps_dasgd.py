@@ -1,0 +1,206 @@
+"""PS-DA-SGD for optax: D-Adaptation SGD run in the parameter-scaled space of Adam."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lrfree.jax import _scaled
+from lrfree.optim._base import check_positive
+
+
+class PSDASGDState(NamedTuple):
+    """State of :func:`ps_dasgd`. Scalars are 0-d arrays; log ``d`` and ``effective_lr``.
+
+    Attributes:
+        count: updates seen, including skipped ones (indexes the learning-rate schedule).
+        step: steps taken (k; indexes the bias corrections).
+        skipped_steps: steps skipped for a non-finite gradient.
+        d: the distance estimate for the next step (from ``d0``; never decreases).
+        d_hat: the latest lower bound 2 r / ||s||.
+        r: the numerator of the bound.
+        grad_norm0: G0, the norm of the first non-zero scaled gradient (frozen).
+        alpha_norm: N, the normaliser of the scaling.
+        sq_norm_ema: EMA of ||g'||^2 (used by ``alpha_norm="running"`` only).
+        effective_lr: the learning rate Adam would need for the last step (lambda N).
+        m, v, v_max: first and second moments (None where the options do not use them).
+        s: the weighted sum of scaled gradients.
+        x_avg, avg_ratio, avg_scale: the iterate average (``average=True``; else x_avg is
+            None).
+    """
+
+    count: jax.Array
+    step: jax.Array
+    skipped_steps: jax.Array
+    d: jax.Array
+    d_hat: jax.Array
+    r: jax.Array
+    grad_norm0: jax.Array
+    alpha_norm: jax.Array
+    sq_norm_ema: jax.Array
+    effective_lr: jax.Array
+    m: Any
+    v: Any
+    v_max: Any
+    s: Any
+    x_avg: Any
+    avg_ratio: jax.Array
+    avg_scale: jax.Array
+
+
+def ps_dasgd(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decouple: bool = True,
+    scaling: str = "adam",
+    alpha_norm: str = "initial",
+    d0: float = 1e-6,
+    d_coef: float = 1.0,
+    growth_rate: float = float("inf"),
+    average: bool = False,
+    average_power: float = 8.0,
+    d0_lr: float | None = None,
+    *,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Learning-rate-free Adam: D-Adaptation SGD on the Adam-rescaled parameters.
+
+    The optax port of :class:`lrfree.PSDASGD` (same options, defaults and trajectory; see
+    docs/jax.md). With ``a_k`` from the scaling (Adam: :math:`\sqrt{\hat v_k}+\epsilon`),
+    the normaliser :math:`N = \mathrm{mean}(a_1)` over the elements with a non-zero first
+    gradient (frozen), the scaled gradient :math:`g'_k = g_k\sqrt{N/a_k}` and
+    :math:`\gamma_k` = ``learning_rate`` (a multiplier, or a schedule of the step count):
+
+    .. math::
+        G_0 = \lVert g'_1\rVert,\quad \lambda_k = d_k\gamma_k/G_0,\quad
+        r_k = r_{k-1} + \lambda_k\langle g'_k, s_{k-1}\rangle,\quad
+        s_k = s_{k-1} + \lambda_k g'_k,
+
+        \hat d = 2r_k/\lVert s_k\rVert,\quad
+        d_{k+1} = \max(d_k, \min(\mathrm{d\_coef}\cdot\hat d,\ \mathrm{growth\_rate}\cdot d_k)),
+
+        u_k = -\lambda_k N\,(\hat m_k / a_k + \mathrm{wd}\cdot x_k) .
+
+    The returned updates ``u_k`` are the whole step (estimate included): add them with
+    ``optax.apply_updates``. ``state.d`` is the estimate and ``state.effective_lr``
+    (:math:`\lambda_k N`) the learning rate Adam would need for the same step.
+
+    Args:
+        learning_rate: multiplier on the estimated step, a float or an optax schedule
+            (default 1.0: the estimate alone). A cosine schedule is the recommended recipe.
+            A step whose multiplier is 0 changes nothing (as a frozen torch param group).
+        betas: (beta1, beta2) of Adam (0.9, 0.999). beta1 = 0 steps along the raw gradient.
+        eps: added to ``sqrt(v_hat)`` as in Adam (1e-8).
+        weight_decay: decoupled (AdamW-style, scaled by ``effective_lr``) unless
+            ``decouple=False``, which adds ``weight_decay * x`` to the gradient (L2).
+            Needs ``params`` in ``update``.
+        scaling: the alpha rule: "adam", "amsgrad", "rmsprop", "adagrad" or "none" (then
+            this is D-Adaptation SGD with Adam-style momentum).
+        alpha_norm: "initial" (N frozen at the first step: the step of parameters still
+            training cannot shrink when others converge), "running" (N every step, with G0
+            replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not invariant to
+            rescaling alpha: for ablations).
+        d0: initial estimate of the distance to the solution, in scaled units (1e-6: a
+            lower bound, the estimate only grows from it).
+        d_coef: multiplier on the bound before it may raise ``d``; < 1 is more
+            conservative (1.0).
+        growth_rate: bound on the growth of ``d`` per step (default unbounded).
+        average: keep a weighted average of the iterates in ``state.x_avg`` (weights
+            d_k^2 k^p; evaluate and export it, keep training from the params). Needs
+            ``params`` in ``update``.
+        average_power: p of the averaging weights (8).
+        d0_lr: if given, replaces ``d0``: the first effective lr equals ``d0_lr``
+            (Adam-lr units), i.e. ``d_1 = d0_lr G0 / N``.
+        skip_nonfinite: a step whose gradient holds inf/NaN leaves the state unchanged,
+            returns zero updates and counts ``state.skipped_steps`` (the torch default
+            ``nonfinite="skip"``, without a host sync). False removes the check.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from lrfree.jax import ps_dasgd
+        >>> def loss(w):
+        ...     return jnp.sum((w - jnp.array([1.0, -2.0, 3.0])) ** 2)
+        >>> opt = ps_dasgd(learning_rate=optax.cosine_decay_schedule(1.0, 300))
+        >>> w = jnp.zeros(3)
+        >>> state = opt.init(w)
+        >>> @jax.jit
+        ... def train_step(w, state):
+        ...     updates, state = opt.update(jax.grad(loss)(w), state, w)
+        ...     return optax.apply_updates(w, updates), state
+        >>> for _ in range(300):
+        ...     w, state = train_step(w, state)
+        >>> bool(loss(w) < 1e-3), bool(state.d > 1e-6)
+        (True, True)
+
+    Failure modes: ``d`` grows from ``d0`` over the first ~40 steps and never decreases; an
+    overshoot stays, and without a schedule the step does not decay under gradient noise.
+    Use a schedule, ``d_coef < 1`` or ``growth_rate`` (e.g. 1.02) when the estimate
+    overshoots; with exactly zero gradients at the first step N is frozen at ``eps``
+    (docs/failure_modes.md). Full-batch problems with Adam scaling oscillate at a constant
+    ``effective_lr`` without a schedule: use one, or ``scaling="amsgrad"``.
+    """
+    opts = _scaled.check_options(learning_rate, betas, eps, weight_decay, decouple, scaling,
+                                 alpha_norm, average, average_power, skip_nonfinite)
+    check_positive("d0", d0)
+    if d0_lr is not None:
+        check_positive("d0_lr", d0_lr)
+    check_positive("d_coef", d_coef)
+    check_positive("growth_rate", growth_rate, allow_inf=True)
+    if growth_rate < 1:
+        raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
+    needs_params = average or (weight_decay != 0 and decouple)
+
+    def init_fn(params: Any) -> PSDASGDState:
+        dtype = _scaled.scalar_dtype(params)
+        zero = _scaled.scalar(0.0, dtype)
+        return PSDASGDState(d=_scaled.scalar(d0, dtype), d_hat=zero, r=zero, grad_norm0=zero,
+                            sq_norm_ema=zero, **_scaled.init_fields(params, opts, ("s",)))
+
+    def update_fn(updates: Any, state: PSDASGDState, params: Any = None,
+                  **extra_args: Any) -> tuple[Any, PSDASGDState]:
+        del extra_args  # accepted so ps_dasgd and ps_sps are called the same way
+        if needs_params and params is None:
+            raise ValueError("params is required by ps_dasgd with decoupled weight_decay or "
+                             "average=True: call opt.update(grads, state, params)")
+        dtype = _scaled.scalar_dtype(updates)
+        gamma = _scaled.learning_rate_at(opts, state.count, dtype)
+        return _scaled.guarded(lambda: step(updates, state, params, gamma, dtype), updates,
+                               state, gamma, opts)
+
+    def step(grads: Any, state: PSDASGDState, params: Any, gamma: jax.Array,
+             dtype: Any) -> tuple[Any, PSDASGDState]:
+        space, fields = _scaled.enter_scaled_space(grads, params, state, opts, dtype)
+        sq_norm_g = _scaled.tree_dot(space.scaled, space.scaled, dtype)
+        d = state.d
+        if d0_lr is not None:  # the first effective lr d N / G0 equals d0_lr
+            d = jnp.where(space.first, d0_lr * jnp.sqrt(sq_norm_g) / space.norm, d)
+        # G0 waits for the first non-zero gradient; until then no step (not d / 0)
+        g0 = jnp.where(state.grad_norm0 > 0, state.grad_norm0, jnp.sqrt(sq_norm_g))
+        ema = state.sq_norm_ema
+        if opts.alpha_norm == "running":
+            ema = opts.beta2 * ema + (1 - opts.beta2) * sq_norm_g
+            denominator = jnp.sqrt(ema / (1 - opts.beta2 ** space.k))
+        else:
+            denominator = g0
+        lam = gamma * jnp.where(denominator > 0, d / jnp.where(denominator > 0, denominator, 1),
+                                0)
+        r = state.r + lam * _scaled.tree_dot(space.scaled, state.s, dtype)
+        s = jax.tree.map(lambda s_, g: s_ + lam.astype(g.dtype) * g, state.s, space.scaled)
+        sq_norm_s = _scaled.tree_dot(s, s, dtype)
+        # ||s|| = 0 (no non-zero gradient yet) leaves the bound undefined: keep d
+        d_hat = jnp.where(sq_norm_s > 0, 2 * r / jnp.sqrt(jnp.where(sq_norm_s > 0, sq_norm_s,
+                                                                      1)), 0)
+        bound = d_coef * d_hat
+        if growth_rate != float("inf"):
+            bound = jnp.minimum(bound, growth_rate * d)
+        updates, step_fields = _scaled.take_step(space, grads, params, state, fields["m"],
+                                                 lam * space.norm, d, opts)
+        return updates, state._replace(
+            d=jnp.maximum(d, bound), d_hat=d_hat, r=r, grad_norm0=g0, sq_norm_ema=ema, s=s,
+            **fields, **step_fields)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
