@@ -75,7 +75,7 @@ def scalar_dtype(tree: Any) -> Any:
 
 
 def tree_dot(xs: Any, ys: Any, dtype: Any) -> jax.Array:
-    parts = [jnp.vdot(x, y).astype(dtype) for x, y in zip(jax.tree.leaves(xs),
+    parts = [jnp.sum(x * y).astype(dtype) for x, y in zip(jax.tree.leaves(xs),
                                                           jax.tree.leaves(ys))]
     return sum(parts, jnp.zeros((), dtype))
 
