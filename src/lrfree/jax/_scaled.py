@@ -182,7 +182,7 @@ def normaliser(grads: Any, denoms: Any, previous: jax.Array, first: jax.Array,
         for g, a in zip(jax.tree.leaves(grads), jax.tree.leaves(denoms)):
             live = g != 0
             live_sum = live_sum + jnp.sum(jnp.where(live, a, 0)).astype(dtype)
-            live_count = live_count + jnp.sum(live).astype(dtype)
+            live_count = live_count + jnp.sum(live, dtype=dtype)  # no int32 overflow
             all_sum = all_sum + jnp.sum(a).astype(dtype)
             all_count = all_count + a.size
         return jnp.where(live_count > 0, live_sum / jnp.maximum(live_count, 1),
