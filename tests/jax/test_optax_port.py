@@ -398,9 +398,9 @@ def test_missing_loss_and_params_are_clear_errors():
         opt.update(_grads(PARAMS, 0), state, PARAMS)
     with pytest.raises(ValueError, match="^value must be a scalar"):
         opt.update(_grads(PARAMS, 0), state, PARAMS, value=jnp.ones(3))
-    decayed = ps_dasgd(weight_decay=0.1)
-    with pytest.raises(ValueError, match="^params is required"):
-        decayed.update(_grads(PARAMS, 0), decayed.init(PARAMS))
+    for decayed in (ps_dasgd(weight_decay=0.1), ps_sps(weight_decay=0.1, decouple=False)):
+        with pytest.raises(ValueError, match="^params is required"):
+            decayed.update(_grads(PARAMS, 0), decayed.init(PARAMS), value=1.0)
 
 
 def test_import_without_jax_names_the_extra(monkeypatch):

@@ -152,7 +152,7 @@ def ps_dasgd(
     check_positive("growth_rate", growth_rate, allow_inf=True)
     if growth_rate < 1:
         raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
-    needs_params = average or (weight_decay != 0 and decouple)
+    needs_params = average or weight_decay != 0
 
     def init_fn(params: Any) -> PSDASGDState:
         dtype = _scaled.scalar_dtype(params)
@@ -164,7 +164,7 @@ def ps_dasgd(
                   **extra_args: Any) -> tuple[Any, PSDASGDState]:
         del extra_args  # accepted so ps_dasgd and ps_sps are called the same way
         if needs_params and params is None:
-            raise ValueError("params is required by ps_dasgd with decoupled weight_decay or "
+            raise ValueError("params is required by ps_dasgd with weight_decay or "
                              "average=True: call opt.update(grads, state, params)")
         dtype = _scaled.scalar_dtype(updates)
         gamma = _scaled.learning_rate_at(opts, state.count, dtype)

@@ -136,7 +136,7 @@ def ps_sps(
     check_positive("cap_growth", cap_growth)
     if cap_growth < 1:
         raise ValueError(f"cap_growth={cap_growth!r} is invalid: it must be >= 1")
-    needs_params = average or (weight_decay != 0 and decouple)
+    needs_params = average or weight_decay != 0
 
     def init_fn(params: Any) -> PSSPSState:
         zero = _scaled.scalar(0.0, _scaled.scalar_dtype(params))
@@ -153,7 +153,7 @@ def ps_sps(
             raise ValueError(f"value must be a scalar loss; got shape {jnp.shape(value)}: "
                              "reduce it first (e.g. loss.mean())")
         if needs_params and params is None:
-            raise ValueError("params is required by ps_sps with decoupled weight_decay or "
+            raise ValueError("params is required by ps_sps with weight_decay or "
                              "average=True: call opt.update(grads, state, params, value=loss)")
         dtype = _scaled.scalar_dtype(updates)
         loss = jnp.asarray(value).astype(dtype)
