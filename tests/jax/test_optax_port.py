@@ -140,11 +140,11 @@ def worst_difference(ours, theirs):
 # on its own, on both problems, with and without a schedule (136 cases; see docs/jax.md).
 DASGD_CASES = [
     (dict(), "least_squares", False),
-    (dict(weight_decay=0.1, scaling="amsgrad", d0_lr=1e-3, average=True), "logistic", True),
+    (dict(weight_decay=0.1, scaling="amsgrad", d0_lr=1e-4, average=True), "logistic", True),
     (dict(weight_decay=0.1, decouple=False, scaling="rmsprop", alpha_norm="none",
           d_coef=0.5, growth_rate=1.1), "least_squares", False),
     (dict(scaling="adagrad", betas=(0.0, 0.999), alpha_norm="running"), "logistic", False),
-    (dict(scaling="none", betas=(0.5, 0.9), eps=1e-6), "least_squares", True),
+    (dict(scaling="none", betas=(0.5, 0.9), eps=1e-6, d0=1e-6), "least_squares", True),
 ]
 SPS_CASES = [
     (dict(), "logistic", True),
@@ -162,7 +162,7 @@ if os.environ.get("LRFREE_JAX_FULL_PARITY"):
                dict(scaling="none"), dict(alpha_norm="running"), dict(alpha_norm="none"),
                dict(betas=(0.0, 0.999)), dict(average=True)]
     DASGD_CASES = [(o, kind, sched) for o in [o for o, _, _ in DASGD_CASES] + _SINGLE + [
-        dict(d_coef=0.5, growth_rate=1.1), dict(d0_lr=1e-3)]
+        dict(d_coef=0.5, growth_rate=1.1), dict(d0_lr=1e-4), dict(d0=1e-6)]
         for kind in ("least_squares", "logistic") for sched in (False, True)]
     SPS_CASES = [(o, kind, sched) for o in [o for o, _, _ in SPS_CASES] + _SINGLE + [
         dict(c=0.2, f_star=0.01, cap_start=0.1, cap_growth=1.2), dict(delta=0.0)]
@@ -179,7 +179,7 @@ def test_ps_dasgd_trajectory_matches_torch(case):
     kwargs, kind, schedule = case
     theirs = run_torch(lrfree.PSDASGD, kind, kwargs, schedule)
     ours = run_jax(ps_dasgd, kind, kwargs, schedule)
-    assert theirs[-1][1] > 10 * 1e-6, "the estimate must have grown for the test to mean much"
+    assert theirs[-1][1] > 10 * theirs[0][1], "the estimate must grow for the test to mean much"
     assert worst_difference(ours, theirs) <= RTOL
 
 
@@ -374,6 +374,8 @@ def test_bf16_params_keep_float32_state():
     (ps_dasgd, dict(d0=-1e-6), "d0"),
     (ps_dasgd, dict(d0=0.0), "d0"),
     (ps_dasgd, dict(d0_lr=0.0), "d0_lr"),
+    (ps_dasgd, dict(d0=1e-6, d0_lr=1e-6), "d0"),
+    (ps_dasgd, dict(scaling="adafactor"), "scaling"),
     (ps_dasgd, dict(d_coef=float("inf")), "d_coef"),
     (ps_dasgd, dict(growth_rate=0.5), "growth_rate"),
     (ps_dasgd, dict(scaling="adamw"), "scaling"),

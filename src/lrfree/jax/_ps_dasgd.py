@@ -18,12 +18,13 @@ class PSDASGDState(NamedTuple):
         count: updates seen, including skipped ones (indexes the learning-rate schedule).
         step: steps taken (k; indexes the bias corrections).
         skipped_steps: steps skipped for a non-finite gradient.
-        d: the distance estimate for the next step (from ``d0``; never decreases).
+        d: the distance estimate for the next step (never decreases).
         d_hat: the latest lower bound 2 r / ||s||.
         r: the numerator of the bound.
         grad_norm0: G0, the norm of the first non-zero scaled gradient (frozen).
         alpha_norm: N, the normaliser of the scaling.
         sq_norm_ema: EMA of ||g'||^2 (used by ``alpha_norm="running"`` only).
+        live_count: elements with a non-zero first gradient (the ``d0_lr`` start).
         effective_lr: the learning rate Adam would need for the last step (lambda N).
         m, v, v_max: first and second moments (None where the options do not use them).
         s: the weighted sum of scaled gradients.
@@ -40,6 +41,7 @@ class PSDASGDState(NamedTuple):
     grad_norm0: jax.Array
     alpha_norm: jax.Array
     sq_norm_ema: jax.Array
+    live_count: jax.Array
     effective_lr: jax.Array
     m: Any
     v: Any
@@ -58,7 +60,7 @@ def ps_dasgd(
     decouple: bool = True,
     scaling: str = "adam",
     alpha_norm: str = "initial",
-    d0: float = 1e-6,
+    d0: float | None = None,
     d_coef: float = 1.0,
     growth_rate: float = float("inf"),
     average: bool = False,
@@ -104,8 +106,14 @@ def ps_dasgd(
             training cannot shrink when others converge), "running" (N every step, with G0
             replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not invariant to
             rescaling alpha: for ablations).
-        d0: initial estimate of the distance to the solution, in scaled units (1e-6: a
-            lower bound, the estimate only grows from it).
+        d0_lr: where the estimate starts, as the first effective lr in Adam-lr units
+            (default 1e-6, the start of DAdaptAdam and Prodigy): ``d_1 = d0_lr sqrt(n)``
+            for the n elements with a non-zero first gradient, so the first effective lr
+            is ``d0_lr`` for Adam's scaling (``a_1 = |g_1|``, eps aside), invariant to the
+            scale of alpha. Taken at the first step with a non-zero gradient.
+        d0: instead of ``d0_lr``, the initial distance estimate in scaled units (the
+            published D-Adaptation parameter); it starts the effective lr near
+            ``d0 / sqrt(n)``, a much longer warm-up on large models.
         d_coef: multiplier on the bound before it may raise ``d``; < 1 is more
             conservative (1.0).
         growth_rate: bound on the growth of ``d`` per step (default unbounded).
@@ -113,8 +121,6 @@ def ps_dasgd(
             d_k^2 k^p; evaluate and export it, keep training from the params). Needs
             ``params`` in ``update``.
         average_power: p of the averaging weights (8).
-        d0_lr: if given, replaces ``d0``: the first effective lr equals ``d0_lr``
-            (Adam-lr units), i.e. ``d_1 = d0_lr G0 / N``.
         skip_nonfinite: a step whose gradient holds inf/NaN leaves the state unchanged,
             returns zero updates and counts ``state.skipped_steps`` (the torch default
             ``nonfinite="skip"``, without a host sync). False removes the check.
@@ -136,7 +142,7 @@ def ps_dasgd(
         >>> bool(loss(w) < 1e-3), bool(state.d > 1e-6)
         (True, True)
 
-    Failure modes: ``d`` grows from ``d0`` over the first ~40 steps and never decreases; an
+    Failure modes: ``d`` grows over the first ~20-60 steps and never decreases; an
     overshoot stays, and without a schedule the step does not decay under gradient noise.
     Use a schedule, ``d_coef < 1`` or ``growth_rate`` (e.g. 1.02) when the estimate
     overshoots; with exactly zero gradients at the first step N is frozen at ``eps``
@@ -145,9 +151,15 @@ def ps_dasgd(
     """
     opts = _scaled.check_options(learning_rate, betas, eps, weight_decay, decouple, scaling,
                                  alpha_norm, average, average_power, skip_nonfinite)
-    check_positive("d0", d0)
-    if d0_lr is not None:
+    if d0 is not None and d0_lr is not None:
+        raise ValueError(f"d0={d0!r} and d0_lr={d0_lr!r} both set the start of the "
+                         "estimate: give one (d0_lr in Adam-lr units, d0 in scaled units)")
+    if d0 is None:
+        d0_lr = 1e-6 if d0_lr is None else d0_lr
         check_positive("d0_lr", d0_lr)
+        d0 = 1e-6  # replaced by d0_lr's start at the first non-zero gradient
+    else:
+        check_positive("d0", d0)
     check_positive("d_coef", d_coef)
     check_positive("growth_rate", growth_rate, allow_inf=True)
     if growth_rate < 1:
@@ -158,7 +170,7 @@ def ps_dasgd(
         dtype = _scaled.scalar_dtype(params)
         zero = _scaled.scalar(0.0, dtype)
         return PSDASGDState(d=_scaled.scalar(d0, dtype), d_hat=zero, r=zero, grad_norm0=zero,
-                            sq_norm_ema=zero, **_scaled.init_fields(params, opts, ("s",)))
+                            sq_norm_ema=zero, live_count=zero, **_scaled.init_fields(params, opts, ("s",)))
 
     def update_fn(updates: Any, state: PSDASGDState, params: Any = None,
                   **extra_args: Any) -> tuple[Any, PSDASGDState]:
@@ -175,9 +187,15 @@ def ps_dasgd(
              dtype: Any) -> tuple[Any, PSDASGDState]:
         space, fields = _scaled.enter_scaled_space(grads, params, state, opts, dtype)
         sq_norm_g = _scaled.tree_dot(space.scaled, space.scaled, dtype)
-        d = state.d
-        if d0_lr is not None:  # the first effective lr d N / G0 equals d0_lr
-            d = jnp.where(space.first, d0_lr * jnp.sqrt(sq_norm_g) / space.norm, d)
+        d, live_count = state.d, state.live_count
+        if d0_lr is not None:
+            # d_1 = d0_lr sqrt(n): with Adam's a_1 = |g_1| over the n elements with a
+            # non-zero gradient, G0 = N sqrt(n), so the first effective lr d N / G0 is d0_lr,
+            # invariant to the scale of alpha; taken when G0 is (first non-zero gradient)
+            live = [jnp.sum(g != 0, dtype=dtype) for g in jax.tree.leaves(space.grads)]
+            live_count = jnp.where(space.first, sum(live, _scaled.scalar(0.0, dtype)),
+                                   live_count)
+            d = jnp.where(state.grad_norm0 > 0, d, d0_lr * jnp.sqrt(jnp.maximum(live_count, 1)))
         # G0 waits for the first non-zero gradient; until then no step (not d / 0)
         g0 = jnp.where(state.grad_norm0 > 0, state.grad_norm0, jnp.sqrt(sq_norm_g))
         ema = state.sq_norm_ema
@@ -200,7 +218,8 @@ def ps_dasgd(
         updates, step_fields = _scaled.take_step(space, grads, params, state, fields["m"],
                                                  lam * space.norm, d, opts)
         return updates, state._replace(
-            d=jnp.maximum(d, bound), d_hat=d_hat, r=r, grad_norm0=g0, sq_norm_ema=ema, s=s,
+            d=jnp.maximum(d, bound), d_hat=d_hat, r=r, grad_norm0=g0, sq_norm_ema=ema,
+            live_count=live_count, s=s,
             **fields, **step_fields)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
