@@ -170,7 +170,8 @@ def ps_dasgd(
         dtype = _scaled.scalar_dtype(params)
         zero = _scaled.scalar(0.0, dtype)
         return PSDASGDState(d=_scaled.scalar(d0, dtype), d_hat=zero, r=zero, grad_norm0=zero,
-                            sq_norm_ema=zero, live_count=zero, **_scaled.init_fields(params, opts, ("s",)))
+                            sq_norm_ema=zero, live_count=zero,
+                            **_scaled.init_fields(params, opts, ("s",)))
 
     def update_fn(updates: Any, state: PSDASGDState, params: Any = None,
                   **extra_args: Any) -> tuple[Any, PSDASGDState]:
@@ -191,7 +192,8 @@ def ps_dasgd(
         if d0_lr is not None:
             # d_1 = d0_lr sqrt(n): with Adam's a_1 = |g_1| over the n elements with a
             # non-zero gradient, G0 = N sqrt(n), so the first effective lr d N / G0 is d0_lr,
-            # invariant to the scale of alpha; taken when G0 is (first non-zero gradient)
+            # invariant to the scale of alpha. Set at the step that fixes G0 (the first
+            # non-zero gradient), with n counted at the first step, as the torch class does.
             live = [jnp.sum(g != 0, dtype=dtype) for g in jax.tree.leaves(space.grads)]
             live_count = jnp.where(space.first, sum(live, _scaled.scalar(0.0, dtype)),
                                    live_count)
@@ -219,7 +221,6 @@ def ps_dasgd(
                                                  lam * space.norm, d, opts)
         return updates, state._replace(
             d=jnp.maximum(d, bound), d_hat=d_hat, r=r, grad_norm0=g0, sq_norm_ema=ema,
-            live_count=live_count, s=s,
-            **fields, **step_fields)
+            live_count=live_count, s=s, **fields, **step_fields)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
