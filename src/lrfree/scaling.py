@@ -80,6 +80,32 @@ class Scaling:
         return a
 
 
+    def factored_denominators(
+        self,
+        states: dict[str, list[Tensor]],
+        grads: list[Tensor],
+        steps: list[Tensor],
+        beta2: float,
+        eps: float,
+    ) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+        """As :meth:`denominators`, but ``a_k = factor * d`` with a 0-d ``factor`` per tensor
+        (None: 1), so a per-tensor constant never costs a pass over the elements.
+
+        Adam: ``d = sqrt(v) + eps * sqrt(1 - beta2^k)`` and ``factor = 1 / sqrt(1 - beta2^k)``,
+        two tensor passes fewer than dividing ``v`` by its bias correction. Other scalings
+        (including user-defined ones) return ``(denominators(...), None)``.
+        """
+        if self.name != "adam" or type(self).denominators is not Scaling.denominators:
+            return self.denominators(states, grads, steps, beta2, eps), None
+        v = states["v"]
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+        root_bias2 = torch._foreach_sqrt(bias_corrections(beta2, steps))
+        d = torch._foreach_sqrt(v)
+        torch._foreach_add_(d, torch._foreach_mul(root_bias2, eps))
+        return d, torch._foreach_reciprocal(root_bias2)
+
+
 def bias_corrections(beta: float, steps: list[Tensor]) -> list[Tensor]:
     """``1 - beta**k`` for each tensor's step count ``k``, computed on the device."""
     powers = torch._foreach_pow(beta, steps)
