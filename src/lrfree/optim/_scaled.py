@@ -76,7 +76,10 @@ def scale_gradients(buckets: list[Bucket], norm: Tensor) -> None:
         if b.denoms is None:
             b.scaled, b.scaled_coefs = b.grads, None
             continue
-        b.scaled = torch._foreach_div(b.grads, torch._foreach_sqrt(b.denoms))
+        # one new list, filled in place: on a CPU a fresh full-size temporary costs more
+        # (page faults) than the pass that fills it
+        b.scaled = torch._foreach_pow(b.denoms, -0.5)
+        torch._foreach_mul_(b.scaled, b.grads)
         dtype = b.scaled[0].dtype
         if b.factors is None:
             b.scaled_coefs = [torch.sqrt(norm).to(dtype)] * len(b.scaled)
@@ -103,7 +106,13 @@ def sq_norm_scaled(buckets: list[Bucket], norm: Tensor, device: torch.device,
         if b.denoms is None:
             parts.append(sum_sq(b.grads).to(dtype) * norm)
             continue
-        per_tensor = dots(torch._foreach_div(b.grads, b.denoms), b.grads).to(dtype)
+        # g / d one tensor at a time into one buffer: no full-size temporary list
+        buffer = torch.empty(max(g.numel() for g in b.grads), dtype=b.grads[0].dtype,
+                             device=b.grads[0].device)
+        per_tensor = torch.stack([
+            torch.dot(torch.div(g.reshape(-1), d.reshape(-1), out=buffer[:g.numel()]),
+                      g.reshape(-1))
+            for g, d in zip(b.grads, b.denoms)]).to(dtype)
         weights = norm if b.factors is None else norm / torch.stack(b.factors).to(dtype)
         parts.append((per_tensor * weights).sum())
     return total(parts, device, dtype)
