@@ -87,9 +87,9 @@ class Scaling:
         steps: list[Tensor],
         beta2: float,
         eps: float,
-    ) -> tuple[list[Tensor] | None, list[Tensor] | None]:
-        """As :meth:`denominators`, but ``a_k = factor * d`` with a 0-d ``factor`` per tensor
-        (None: 1), so a per-tensor constant never costs a pass over the elements.
+    ) -> tuple[list[Tensor] | None, Tensor | None]:
+        """As :meth:`denominators`, but ``a_k = factors[i] * d[i]`` with ``factors`` a 1-d
+        tensor (None: 1), so a per-tensor constant never costs a pass over the elements.
 
         Adam: ``d = sqrt(v) + eps * sqrt(1 - beta2^k)`` and ``factor = 1 / sqrt(1 - beta2^k)``,
         two tensor passes fewer than dividing ``v`` by its bias correction. Other scalings
@@ -100,10 +100,11 @@ class Scaling:
         v = states["v"]
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
-        root_bias2 = torch._foreach_sqrt(bias_corrections(beta2, steps))
+        # the per-tensor scalars as one vector: a handful of kernels, not a few per tensor
+        root_bias2 = torch.sqrt(1.0 - beta2 ** torch.stack(steps))
         d = torch._foreach_sqrt(v)
-        torch._foreach_add_(d, torch._foreach_mul(root_bias2, eps))
-        return d, torch._foreach_reciprocal(root_bias2)
+        torch._foreach_add_(d, (eps * root_bias2).unbind())
+        return d, 1.0 / root_bias2
 
 
 def bias_corrections(beta: float, steps: list[Tensor]) -> list[Tensor]:

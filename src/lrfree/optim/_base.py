@@ -96,13 +96,14 @@ class Bucket:
     #: the parameters as the optimizer knows them (state keys); ``params`` holds their
     #: local shards when they are DTensors
     keys: list[Tensor] = field(default_factory=list)
-    #: a_k of the scaling as ``factors[i] * denoms[i]`` (0-d factors; None: 1, and
-    #: denoms None for the identity scaling), so per-tensor constants cost no pass
+    #: a_k of the scaling as ``factors[i] * denoms[i]`` (``factors``: a 1-d tensor, one
+    #: value per tensor, None: 1; denoms None for the identity scaling), so per-tensor
+    #: constants cost no pass over the elements
     denoms: list[Tensor] | None = None
-    factors: list[Tensor] | None = None
+    factors: Tensor | None = None
     #: the scaled gradient g' = g / alpha as ``scaled_coefs[i] * scaled[i]`` (None: 1)
     scaled: list[Tensor] = field(default_factory=list)
-    scaled_coefs: list[Tensor] | None = None
+    scaled_coefs: Tensor | None = None
 
     def split(self) -> list["Bucket"]:
         """One bucket per tensor: the per-tensor (non-foreach) execution path."""
@@ -116,6 +117,11 @@ class Bucket:
 def dots(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     """The 1-d tensor of <xs[i], ys[i]> (one read of each, no host sync)."""
     return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)])
+
+
+def sq_norms(xs: list[Tensor]) -> Tensor:
+    """The 1-d tensor of ||xs[i]||^2 (one multi-tensor kernel)."""
+    return torch.stack(torch._foreach_norm(xs, 2)) ** 2
 
 
 def sum_dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:

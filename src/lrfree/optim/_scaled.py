@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from lrfree import averaging
-from lrfree.optim._base import Bucket, LRFreeOptimizer, dots, sum_sq, total
-from lrfree.scaling import Scaling, bias_corrections
+from lrfree.optim._base import Bucket, LRFreeOptimizer, dots, sq_norms, sum_sq, total
+from lrfree.scaling import Scaling
 
 ALPHA_NORMS = ("initial", "running", "none")
 Reduce = Callable[[list[Tensor]], list[Tensor]]
@@ -71,7 +71,7 @@ def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, f
 
 def scale_gradients(buckets: list[Bucket], norm: Tensor) -> None:
     """g' = g * sqrt(N / a) as ``scaled_coefs * scaled``: ``scaled = g / sqrt(d)`` is the one
-    tensor pass, ``scaled_coefs = sqrt(N / factor)`` a 0-d multiplier per tensor."""
+    tensor pass, ``scaled_coefs = sqrt(N / factor)`` one multiplier per tensor."""
     for b in buckets:
         if b.denoms is None:
             b.scaled, b.scaled_coefs = b.grads, None
@@ -81,19 +81,17 @@ def scale_gradients(buckets: list[Bucket], norm: Tensor) -> None:
         b.scaled = torch._foreach_pow(b.denoms, -0.5)
         torch._foreach_mul_(b.scaled, b.grads)
         dtype = b.scaled[0].dtype
-        if b.factors is None:
-            b.scaled_coefs = [torch.sqrt(norm).to(dtype)] * len(b.scaled)
-        else:
-            b.scaled_coefs = torch._foreach_sqrt(
-                torch._foreach_div([norm.to(dtype)] * len(b.factors), b.factors))
+        factors = torch.ones(len(b.scaled), device=norm.device, dtype=dtype) \
+            if b.factors is None else b.factors.to(dtype)
+        b.scaled_coefs = torch.sqrt(norm.to(dtype) / factors)
 
 
 def scaled_sums(b: Bucket, other: list[Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """<g', other> and ||g'||^2 over one bucket whose scaled gradient is materialised."""
-    dot, sq = dots(b.scaled, other).to(dtype), dots(b.scaled, b.scaled).to(dtype)
+    dot, sq = dots(b.scaled, other).to(dtype), sq_norms(b.scaled).to(dtype)
     if b.scaled_coefs is None:
         return dot.sum(), sq.sum()
-    coefs = torch.stack(b.scaled_coefs).to(dtype)
+    coefs = b.scaled_coefs.to(dtype)
     return (dot * coefs).sum(), (sq * coefs * coefs).sum()
 
 
@@ -113,7 +111,7 @@ def sq_norm_scaled(buckets: list[Bucket], norm: Tensor, device: torch.device,
             torch.dot(torch.div(g.reshape(-1), d.reshape(-1), out=buffer[:g.numel()]),
                       g.reshape(-1))
             for g, d in zip(b.grads, b.denoms)]).to(dtype)
-        weights = norm if b.factors is None else norm / torch.stack(b.factors).to(dtype)
+        weights = norm if b.factors is None else norm / b.factors.to(dtype)
         parts.append((per_tensor * weights).sum())
     return total(parts, device, dtype)
 
@@ -134,11 +132,12 @@ def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:
         direction = b.states["m"] if beta1 > 0 else b.grads
         dtype = direction[0].dtype
         # -lr / ((1 - beta1^k) * factor): the whole per-tensor multiplier of direction / d
-        scale = [-lr.to(dtype)] * len(b.params)
+        scale = -lr.to(dtype).expand(len(b.params))
         if beta1 > 0:
-            scale = torch._foreach_div(scale, bias_corrections(beta1, b.states["step"]))
+            scale = scale / (1.0 - beta1 ** torch.stack(b.states["step"]).to(dtype))
         if b.factors is not None:
-            scale = torch._foreach_div(scale, b.factors)
+            scale = scale / b.factors.to(dtype)
+        scale = list(scale.unbind())
         low = b.params[0].dtype in (torch.float16, torch.bfloat16)
         target = [p.float() for p in b.params] if low else b.params
         if group["weight_decay"] != 0 and group["decouple"]:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, check_betas, check_choice, check_positive, sum_sq, total,
+    Bucket, check_betas, check_choice, check_positive, sq_norms, total,
 )
 from lrfree.rules.dadapt import DAdaptEstimate
 from lrfree.scaling import Scaling, bias_corrections, get_scaling
@@ -137,7 +137,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             dot_gs.append(gamma * dot)
             sq_g.append(sq)
             sq_g_weighted.append(gamma * gamma * sq)
-            sq_s.append(sum_sq(b.states["s"]).to(dtype))
+            sq_s.append(sq_norms(b.states["s"]).sum().to(dtype))
         # one collective for every sum of the step
         sq_norm_g, dot, sq_weighted, sq_norm_s = self._reduce(
             [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)])
@@ -152,7 +152,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         for b in buckets:  # s += lam * gamma * g', as one addcmul with a 0-d multiplier
             step = (lam * b.group["lr"]).to(b.scaled[0].dtype)
             multipliers = [step] * len(b.scaled) if b.scaled_coefs is None \
-                else torch._foreach_mul(b.scaled_coefs, step)
+                else (b.scaled_coefs * step).unbind()
             torch._foreach_addcmul_(b.states["s"], b.scaled, multipliers)
         self._take_step(buckets, est, lam, norm, d_used)
         for group in self.param_groups:

@@ -101,4 +101,4 @@ def _sq_norm_weighted(b: Bucket, xs: list[Tensor], dtype: torch.dtype) -> Tensor
     per_tensor = dots(b.denoms, torch._foreach_mul(xs, xs)).to(dtype)
     if b.factors is None:
         return per_tensor.sum()
-    return (per_tensor * torch.stack(b.factors).to(dtype)).sum()
+    return (per_tensor * b.factors.to(dtype)).sum()
