@@ -265,3 +265,38 @@ def test_fused_matches_eager():
     assert opt_f.param_groups[0]["skipped_steps"] == opt_e.param_groups[0]["skipped_steps"] == 1
     for pf, pe in zip(net_f.parameters(), net_e.parameters()):
         assert relative(pf, pe) <= FOREACH_RTOL
+
+
+def _pass_counter():
+    """benchmarks/step_speed.py's PassCounter (the benchmark reports the same counts)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_speed.py"
+    spec = importlib.util.spec_from_file_location("step_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Tensor passes (elements read + written / parameters) of one steady-state step of the
+# default options, foreach and per-tensor: a regression (a temporary that is materialised
+# again, a sum read twice) shows here long before it shows in a timing. torch's foreach
+# AdamW makes 20 (checked, so the counter itself is pinned).
+PASSES = [("AdamW", 20), ("PSDASGD", 31), ("PSSPS", 24)]
+
+
+@pytest.mark.parametrize("name,limit", PASSES)
+@pytest.mark.parametrize("foreach", [True, False])
+def test_tensor_passes_per_step(name, limit, foreach):
+    bench = _pass_counter()
+    params = bench.transformer_params(64, 2, 100)  # 28 tensors of 64 to 25600 elements
+    grads = [[torch.randn(p.shape, generator=torch.Generator().manual_seed(k)) for p in params]
+             for k in range(2)]
+    if name == "AdamW":
+        opt = torch.optim.AdamW(params, foreach=foreach)
+    else:
+        opt = getattr(lrfree, name)(params, foreach=foreach)
+    counted = bench.count_passes(opt, params, grads)
+    assert counted["passes"] <= limit + 0.01, counted
+    assert counted["passes"] >= limit - 0.01, f"fewer passes than pinned, update PASSES: {counted}"
