@@ -148,6 +148,19 @@ def count_passes(opt: Any, params: list[nn.Parameter], grads: list[list[torch.Te
     return {"passes": counter.elements / numel, "ops": counter.ops}
 
 
+def pass_counts(size: str) -> dict[str, dict[str, float]]:
+    """Tensor passes of one step per optimizer (not the compiled ones: their loops are
+    Inductor's, not aten ops), on fresh copies of the ``size`` model's parameters."""
+    params = transformer_params(*SIZES[size])
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=gen) * 1e-2 for p in params] for _ in range(2)]
+    counts = {}
+    for label, make in optimizer_factories(fused=False).items():
+        copies = [nn.Parameter(p.detach().clone()) for p in params]
+        counts[label] = count_passes(make(copies), copies, grads)
+    return counts
+
+
 def state_bytes_per_param(opt: Any, params: list[nn.Parameter]) -> float:
     """Bytes of tensor state (per-parameter state and the estimate's scalars) / #params."""
     seen: set[int] = set()
@@ -288,6 +301,15 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"\n{label}: first two steps (compilation) "
                          f"{res['optimizers'][label]['first_two_steps_s']:.0f} s")
         lines.append("")
+    if "passes" in result:
+        lines += [f"## Tensor passes per step ({result['passes']['size']} model, steady state)", "",
+                  "Elements read + written / parameters, counted over aten ops "
+                  "(`PassCounter`); ops: aten ops touching parameter-sized tensors (a "
+                  "`_foreach_*` op counts once).", "",
+                  "| optimizer | passes | ops |", "|---|---|---|"]
+        for label, row in result["passes"]["optimizers"].items():
+            lines.append(f"| {label} | {row['passes']:.1f} | {row['ops']} |")
+        lines.append("")
     if "vgg" in result:
         v = result["vgg"]
         lines += [f"## SmallVGG training throughput ({v['parameters']} parameters, batch "
@@ -348,6 +370,7 @@ def main() -> None:
     for size, n in zip(sizes, rounds):
         fused = size in args.fused_sizes.split(",")
         result["sizes"][size] = run_size(size, n, args.steps, fused, log)
+    result["passes"] = {"size": sizes[0], "optimizers": pass_counts(sizes[0])}
     if args.vgg_rounds > 0:
         result["vgg"] = vgg_throughput(args.vgg_rounds, args.vgg_steps, 64, log)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -115,12 +115,20 @@ class Bucket:
 
 
 def dots(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
-    """The 1-d tensor of <xs[i], ys[i]> (one read of each, no host sync)."""
+    """The 1-d tensor of <xs[i], ys[i]> (one read of each, no host sync).
+
+    Compiled, a sum of products: Inductor fuses it with the loop that computes its inputs,
+    where ``dot`` (a library call) would make it write them out first.
+    """
+    if torch.compiler.is_compiling():
+        return torch.stack([(x * y).sum() for x, y in zip(xs, ys)])
     return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)])
 
 
 def sq_norms(xs: list[Tensor]) -> Tensor:
-    """The 1-d tensor of ||xs[i]||^2 (one multi-tensor kernel)."""
+    """The 1-d tensor of ||xs[i]||^2 (one multi-tensor kernel; compiled, as :func:`dots`)."""
+    if torch.compiler.is_compiling():
+        return torch.stack([(x * x).sum() for x in xs])
     return torch.stack(torch._foreach_norm(xs, 2)) ** 2
 
 

@@ -78,7 +78,7 @@ def scale_gradients(buckets: list[Bucket], norm: Tensor) -> None:
             continue
         # one new list, filled in place: on a CPU a fresh full-size temporary costs more
         # (page faults) than the pass that fills it
-        b.scaled = torch._foreach_pow(b.denoms, -0.5)
+        b.scaled = torch._foreach_rsqrt(b.denoms)
         torch._foreach_mul_(b.scaled, b.grads)
         dtype = b.scaled[0].dtype
         factors = torch.ones(len(b.scaled), device=norm.device, dtype=dtype) \
@@ -104,15 +104,17 @@ def sq_norm_scaled(buckets: list[Bucket], norm: Tensor, device: torch.device,
         if b.denoms is None:
             parts.append(sum_sq(b.grads).to(dtype) * norm)
             continue
-        # g / d one tensor at a time into one buffer: no full-size temporary list
-        buffer = torch.empty(max(g.numel() for g in b.grads), dtype=b.grads[0].dtype,
-                             device=b.grads[0].device)
-        per_tensor = torch.stack([
-            torch.dot(torch.div(g.reshape(-1), d.reshape(-1), out=buffer[:g.numel()]),
-                      g.reshape(-1))
-            for g, d in zip(b.grads, b.denoms)]).to(dtype)
+        if torch.compiler.is_compiling():  # fused into one loop: no temporary at all
+            per_tensor = dots(torch._foreach_div(b.grads, b.denoms), b.grads)
+        else:  # g / d one tensor at a time into one buffer: no full-size temporary list
+            buffer = torch.empty(max(g.numel() for g in b.grads), dtype=b.grads[0].dtype,
+                                 device=b.grads[0].device)
+            per_tensor = torch.stack([
+                torch.dot(torch.div(g.reshape(-1), d.reshape(-1), out=buffer[:g.numel()]),
+                          g.reshape(-1))
+                for g, d in zip(b.grads, b.denoms)])
         weights = norm if b.factors is None else norm / b.factors.to(dtype)
-        parts.append((per_tensor * weights).sum())
+        parts.append((per_tensor.to(dtype) * weights).sum())
     return total(parts, device, dtype)
 
 
