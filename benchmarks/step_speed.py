@@ -104,7 +104,7 @@ class PassCounter(TorchDispatchMode):
         self.elements = 0
         self.ops = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func.is_view or func.overloadpacket.__name__ in self.FREE:
@@ -303,9 +303,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     if "passes" in result:
         lines += [f"## Tensor passes per step ({result['passes']['size']} model, steady state)", "",
-                  "Elements read + written / parameters, counted over aten ops "
-                  "(`PassCounter`); ops: aten ops touching parameter-sized tensors (a "
-                  "`_foreach_*` op counts once).", "",
+                  ("Elements read + written / parameters, counted over aten ops "
+                   "(`PassCounter`); ops: aten ops touching parameter-sized tensors (a "
+                   "`_foreach_*` op counts once)."), "",
                   "| optimizer | passes | ops |", "|---|---|---|"]
         for label, row in result["passes"]["optimizers"].items():
             lines.append(f"| {label} | {row['passes']:.1f} | {row['ops']} |")

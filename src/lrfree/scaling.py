@@ -79,7 +79,6 @@ class Scaling:
         torch._foreach_add_(a, eps)
         return a
 
-
     def factored_denominators(
         self,
         states: dict[str, list[Tensor]],

@@ -148,6 +148,13 @@ def total(parts: list[Tensor], device: torch.device, dtype: torch.dtype | None =
     return torch.stack([p.to(device, dtype or p.dtype) for p in parts]).sum()
 
 
+def _max_abs(xs: list[Tensor]) -> Tensor:
+    """max_i max |xs[i]| as a 0-d tensor (NaN if any element is NaN)."""
+    if xs[0].device.type == "cpu":
+        return torch.stack([t for x in xs for t in torch.aminmax(x)]).abs().max()
+    return torch.stack(torch._foreach_norm(xs, float("inf"))).max()
+
+
 class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
     """Base class: subclasses declare their state tensors and implement ``_update``."""
 
@@ -345,13 +352,13 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         if self._nonfinite == "unchecked":
             return True
         device = self._device()
-        # max |g| = max(|min g|, |max g|) cannot overflow where a sum of squares of large
-        # finite values could; NaN propagates through both. One vectorised read per
-        # tensor (the inf-norm kernel costs ~4 passes on a CPU). A shard may be empty
-        # (FSDP2 splits a small tensor unevenly): it has no extremes.
+        # max |g| cannot overflow where a sum of squares of large finite values could, and
+        # NaN propagates. On a CPU it is max(|min g|, |max g|): one vectorised read per
+        # tensor, where the inf-norm kernel costs ~4 passes; elsewhere the inf-norm is one
+        # multi-tensor kernel. A shard may be empty (FSDP2 splits a small tensor
+        # unevenly): it has no maximum.
         peaks = [
-            torch.stack([t for g in grads for t in torch.aminmax(g)]).abs().max()
-            .to(device, torch.float32)
+            _max_abs(grads).to(device, torch.float32)
             for grads in ([g for g in b.grads if g.numel()] for b in buckets) if grads
         ]
         if loss is not None:

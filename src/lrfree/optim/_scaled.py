@@ -104,9 +104,10 @@ def sq_norm_scaled(buckets: list[Bucket], norm: Tensor, device: torch.device,
         if b.denoms is None:
             parts.append(sum_sq(b.grads).to(dtype) * norm)
             continue
-        if torch.compiler.is_compiling():  # fused into one loop: no temporary at all
+        if torch.compiler.is_compiling() or b.grads[0].device.type != "cpu":
+            # compiled: fused into one loop; CUDA & co.: temporaries come from a cache
             per_tensor = dots(torch._foreach_div(b.grads, b.denoms), b.grads)
-        else:  # g / d one tensor at a time into one buffer: no full-size temporary list
+        else:  # a fresh full-size list costs page faults: g / d tensor by tensor, one buffer
             buffer = torch.empty(max(g.numel() for g in b.grads), dtype=b.grads[0].dtype,
                                  device=b.grads[0].device)
             per_tensor = torch.stack([

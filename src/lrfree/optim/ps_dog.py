@@ -95,7 +95,7 @@ class PSDoG(_scaled.ScaledSpaceOptimizer):
 
 
 def _sq_norm_weighted(b: Bucket, xs: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """sum_i <a_i, xs_i^2> (times N this is ||sqrt(a / N) xs||^2, a distance in the scaled space)."""
+    """sum_i <a_i, xs_i^2>: N times the squared norm ||sqrt(a / N) xs||^2 of the scaled space."""
     if b.denoms is None:
         return sum_sq(xs).to(dtype)
     per_tensor = dots(b.denoms, torch._foreach_mul(xs, xs)).to(dtype)
