@@ -24,6 +24,7 @@ setting the ratios are comparable in. Writes benchmarks/results/step_speed/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -36,6 +37,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import lrfree
 
@@ -81,6 +84,81 @@ def optimizer_factories(fused: bool = True) -> dict[str, Callable[[list[nn.Param
     if not fused:
         factories = {k: v for k, v in factories.items() if not k.startswith("PS") or "fused" not in k}
     return factories
+
+
+class PassCounter(TorchDispatchMode):
+    """Counts what a step reads and writes of tensors of at least ``min_numel`` elements (the
+    smallest parameter: so per-tensor scalars, stacked into a vector, do not count), by
+    intercepting every aten op (a ``_foreach_*`` op is one op over all its tensors).
+
+    ``passes`` = elements read + written / number of parameters: 1 is one full read (or
+    write) of a parameter-sized set of tensors. A tensor read twice by one op (``dot(h, h)``)
+    counts once; views, ``detach`` and allocations count nothing.
+    """
+
+    FREE = ("detach", "alias", "lift_fresh", "empty", "empty_strided", "empty_like")
+
+    def __init__(self, min_numel: int) -> None:
+        super().__init__()
+        self.min_numel = min_numel
+        self.elements = 0
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.is_view or func.overloadpacket.__name__ in self.FREE:
+            return out
+        seen: dict[tuple[int, int], int] = {}
+        written = 0
+        for i, arg in enumerate(func._schema.arguments):
+            value = args[i] if i < len(args) else kwargs.get(arg.name)
+            for t in tree_flatten(value)[0]:
+                if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel:
+                    if not arg.is_out:
+                        seen[(t.untyped_storage().data_ptr(), t.storage_offset())] = t.numel()
+                    if arg.alias_info is not None and arg.alias_info.is_write:
+                        written += t.numel()
+        outs = {id(t) for i, arg in enumerate(func._schema.arguments) if arg.is_out
+                for t in tree_flatten(args[i] if i < len(args) else kwargs.get(arg.name))[0]}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel and id(t) not in outs and \
+                    (t.untyped_storage().data_ptr(), t.storage_offset()) not in seen:
+                written += t.numel()
+        if seen or written:
+            self.elements += sum(seen.values()) + written
+            self.ops += 1
+        return out
+
+
+def count_passes(opt: Any, params: list[nn.Parameter], grads: list[list[torch.Tensor]]
+                 ) -> dict[str, float]:
+    """Tensor passes and ops of one steady-state step (after a state-creating first one).
+    The smallest parameter must be larger than the number of tensors."""
+    loss = torch.tensor(1.0)
+    smallest = min(p.numel() for p in params)
+    assert smallest > len(params), "stacked per-tensor scalars would count as tensor passes"
+    for k in range(3):
+        for p, g in zip(params, grads[k % len(grads)]):
+            p.grad = g.clone()
+        counter = PassCounter(smallest)
+        with counter if k == 2 else contextlib.nullcontext():
+            opt.step(loss=loss) if isinstance(opt, lrfree.PSSPS) else opt.step()
+    numel = sum(p.numel() for p in params)
+    return {"passes": counter.elements / numel, "ops": counter.ops}
+
+
+def pass_counts(size: str) -> dict[str, dict[str, float]]:
+    """Tensor passes of one step per optimizer (not the compiled ones: their loops are
+    Inductor's, not aten ops), on fresh copies of the ``size`` model's parameters."""
+    params = transformer_params(*SIZES[size])
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=gen) * 1e-2 for p in params] for _ in range(2)]
+    counts = {}
+    for label, make in optimizer_factories(fused=False).items():
+        copies = [nn.Parameter(p.detach().clone()) for p in params]
+        counts[label] = count_passes(make(copies), copies, grads)
+    return counts
 
 
 def state_bytes_per_param(opt: Any, params: list[nn.Parameter]) -> float:
@@ -223,6 +301,15 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"\n{label}: first two steps (compilation) "
                          f"{res['optimizers'][label]['first_two_steps_s']:.0f} s")
         lines.append("")
+    if "passes" in result:
+        lines += [f"## Tensor passes per step ({result['passes']['size']} model, steady state)", "",
+                  ("Elements read + written / parameters, counted over aten ops "
+                   "(`PassCounter`); ops: aten ops touching parameter-sized tensors (a "
+                   "`_foreach_*` op counts once)."), "",
+                  "| optimizer | passes | ops |", "|---|---|---|"]
+        for label, row in result["passes"]["optimizers"].items():
+            lines.append(f"| {label} | {row['passes']:.1f} | {row['ops']} |")
+        lines.append("")
     if "vgg" in result:
         v = result["vgg"]
         lines += [f"## SmallVGG training throughput ({v['parameters']} parameters, batch "
@@ -283,6 +370,7 @@ def main() -> None:
     for size, n in zip(sizes, rounds):
         fused = size in args.fused_sizes.split(",")
         result["sizes"][size] = run_size(size, n, args.steps, fused, log)
+    result["passes"] = {"size": sizes[0], "optimizers": pass_counts(sizes[0])}
     if args.vgg_rounds > 0:
         result["vgg"] = vgg_throughput(args.vgg_rounds, args.vgg_steps, 64, log)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,32 @@ class Scaling:
         torch._foreach_add_(a, eps)
         return a
 
+    def factored_denominators(
+        self,
+        states: dict[str, list[Tensor]],
+        grads: list[Tensor],
+        steps: list[Tensor],
+        beta2: float,
+        eps: float,
+    ) -> tuple[list[Tensor] | None, Tensor | None]:
+        """As :meth:`denominators`, but ``a_k = factors[i] * d[i]`` with ``factors`` a 1-d
+        tensor (None: 1), so a per-tensor constant never costs a pass over the elements.
+
+        Adam: ``d = sqrt(v) + eps * sqrt(1 - beta2^k)`` and ``factor = 1 / sqrt(1 - beta2^k)``,
+        two tensor passes fewer than dividing ``v`` by its bias correction. Other scalings
+        (including user-defined ones) return ``(denominators(...), None)``.
+        """
+        if self.name != "adam" or type(self).denominators is not Scaling.denominators:
+            return self.denominators(states, grads, steps, beta2, eps), None
+        v = states["v"]
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+        # the per-tensor scalars as one vector: a handful of kernels, not a few per tensor
+        root_bias2 = torch.sqrt(1.0 - beta2 ** torch.stack(steps))
+        d = torch._foreach_sqrt(v)
+        torch._foreach_add_(d, (eps * root_bias2).unbind())
+        return d, 1.0 / root_bias2
+
 
 def bias_corrections(beta: float, steps: list[Tensor]) -> list[Tensor]:
     """``1 - beta**k`` for each tensor's step count ``k``, computed on the device."""

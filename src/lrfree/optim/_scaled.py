@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from lrfree import averaging
-from lrfree.optim._base import Bucket, LRFreeOptimizer, sum_sq, total
-from lrfree.scaling import Scaling, bias_corrections
+from lrfree.optim._base import Bucket, LRFreeOptimizer, dots, sq_norms, sum_sq, total
+from lrfree.scaling import Scaling
 
 ALPHA_NORMS = ("initial", "running", "none")
 Reduce = Callable[[list[Tensor]], list[Tensor]]
@@ -35,7 +35,8 @@ def advance_moments(buckets: list[Bucket], scaling: Scaling) -> None:
         beta1, beta2 = group["betas"]
         if beta1 > 0:
             torch._foreach_lerp_(b.states["m"], b.grads, 1.0 - beta1)
-        b.denoms = scaling.denominators(b.states, b.grads, b.states["step"], beta2, group["eps"])
+        b.denoms, b.factors = scaling.factored_denominators(
+            b.states, b.grads, b.states["step"], beta2, group["eps"])
 
 
 def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, first: bool,
@@ -55,10 +56,13 @@ def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, f
         return est["alpha_norm"]
     sums = torch.zeros(4, device=device, dtype=dtype)
     for b in buckets:
-        for a, g in zip(b.denoms, b.grads):
+        for i, (d, g) in enumerate(zip(b.denoms, b.grads)):
             live = g != 0
-            sums = sums + torch.stack([torch.where(live, a, 0).sum(), live.sum(), a.sum(),
-                                       torch.tensor(a.numel())]).to(device, dtype)
+            part = torch.stack([torch.where(live, d, 0).sum(), d.sum()])
+            if b.factors is not None:
+                part = part * b.factors[i]
+            sums = sums + torch.stack([part[0], live.sum(), part[1],
+                                       torch.tensor(d.numel())]).to(device, dtype)
     live_sum, live_count, all_sum, all_count = reduce(list(sums.unbind()))
     est["alpha_norm"] = torch.where(live_count > 0, live_sum / live_count.clamp(min=1),
                                     all_sum / all_count.clamp(min=1))
@@ -66,23 +70,60 @@ def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, f
 
 
 def scale_gradients(buckets: list[Bucket], norm: Tensor) -> None:
-    """g' = g * sqrt(N / a) into ``bucket.scaled`` (the gradient in the scaled space)."""
+    """g' = g * sqrt(N / a) as ``scaled_coefs * scaled``: ``scaled = g / sqrt(d)`` is the one
+    tensor pass, ``scaled_coefs = sqrt(N / factor)`` one multiplier per tensor."""
     for b in buckets:
         if b.denoms is None:
-            b.scaled = b.grads
+            b.scaled, b.scaled_coefs = b.grads, None
             continue
-        root = torch._foreach_sqrt(b.denoms)
-        b.scaled = torch._foreach_div(b.grads, root)
-        torch._foreach_mul_(b.scaled, torch.sqrt(norm).to(b.scaled[0].dtype))
+        # one new list, filled in place: on a CPU a fresh full-size temporary costs more
+        # (page faults) than the pass that fills it
+        b.scaled = torch._foreach_rsqrt(b.denoms)
+        torch._foreach_mul_(b.scaled, b.grads)
+        dtype = b.scaled[0].dtype
+        factors = torch.ones(len(b.scaled), device=norm.device, dtype=dtype) \
+            if b.factors is None else b.factors.to(dtype)
+        b.scaled_coefs = torch.sqrt(norm.to(dtype) / factors)
 
 
-def sq_norm_scaled(buckets: list[Bucket], device: torch.device, dtype: torch.dtype) -> Tensor:
-    return total([sum_sq(b.scaled) for b in buckets], device, dtype)
+def scaled_sums(b: Bucket, other: list[Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """<g', other> and ||g'||^2 over one bucket whose scaled gradient is materialised."""
+    dot, sq = dots(b.scaled, other).to(dtype), sq_norms(b.scaled).to(dtype)
+    if b.scaled_coefs is None:
+        return dot.sum(), sq.sum()
+    coefs = b.scaled_coefs.to(dtype)
+    return (dot * coefs).sum(), (sq * coefs * coefs).sum()
+
+
+def sq_norm_scaled(buckets: list[Bucket], norm: Tensor, device: torch.device,
+                   dtype: torch.dtype) -> Tensor:
+    """||g'||^2 = sum_i (N / factor_i) <g_i / d_i, g_i>, without materialising g' (the
+    Polyak rule needs only this sum: one tensor pass fewer than forming g')."""
+    parts = []
+    for b in buckets:
+        if b.denoms is None:
+            parts.append(sum_sq(b.grads).to(dtype) * norm)
+            continue
+        if torch.compiler.is_compiling() or b.grads[0].device.type != "cpu":
+            # compiled: fused into one loop; CUDA & co.: temporaries come from a cache
+            per_tensor = dots(torch._foreach_div(b.grads, b.denoms), b.grads)
+        else:  # a fresh full-size list costs page faults: g / d tensor by tensor, one buffer
+            buffer = torch.empty(max(g.numel() for g in b.grads), dtype=b.grads[0].dtype,
+                                 device=b.grads[0].device)
+            per_tensor = torch.stack([
+                torch.dot(torch.div(g.reshape(-1), d.reshape(-1), out=buffer[:g.numel()]),
+                          g.reshape(-1))
+                for g, d in zip(b.grads, b.denoms)])
+        weights = norm if b.factors is None else norm / b.factors.to(dtype)
+        parts.append((per_tensor.to(dtype) * weights).sum())
+    return total(parts, device, dtype)
 
 
 def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:
     """x <- x (1 - lr * wd) - lr * m_hat / a, with ``lrs[id(group)]`` the Adam-equivalent lr.
 
+    The bias correction, the factor of a and lr are one 0-d multiplier per tensor, folded
+    into the denominators (which this consumes), so the step is one ``addcdiv``.
     Low-precision (bf16/fp16) parameters are updated in float32 and rounded once: rounding
     the decay factor first turns ``1 - 1e-5`` into 1 in bf16, and rounding the update
     before adding it rounds twice.
@@ -92,17 +133,23 @@ def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:
         lr = lrs[id(group)].to(b.params[0].device)
         beta1 = group["betas"][0]
         direction = b.states["m"] if beta1 > 0 else b.grads
-        update = (torch._foreach_div(direction, b.denoms) if b.denoms is not None
-                  else torch._foreach_mul(direction, 1.0))
+        dtype = direction[0].dtype
+        # -lr / ((1 - beta1^k) * factor): the whole per-tensor multiplier of direction / d
+        scale = -lr.to(dtype).expand(len(b.params))
         if beta1 > 0:
-            torch._foreach_div_(update, bias_corrections(beta1, b.states["step"]))
+            scale = scale / (1.0 - beta1 ** torch.stack(b.states["step"]).to(dtype))
+        if b.factors is not None:
+            scale = scale / b.factors.to(dtype)
+        scale = list(scale.unbind())
         low = b.params[0].dtype in (torch.float16, torch.bfloat16)
         target = [p.float() for p in b.params] if low else b.params
-        update = _like(update, target)
         if group["weight_decay"] != 0 and group["decouple"]:
             torch._foreach_mul_(target, (1.0 - lr * group["weight_decay"]).to(target[0].dtype))
-        torch._foreach_mul_(update, lr.to(update[0].dtype))
-        torch._foreach_sub_(target, update)
+        if b.denoms is None:
+            torch._foreach_addcmul_(target, _like(direction, target), _like(scale, target))
+        else:
+            torch._foreach_div_(b.denoms, scale)
+            torch._foreach_addcdiv_(target, _like(direction, target), _like(b.denoms, target))
         if low:
             torch._foreach_copy_(b.params, target)
 
@@ -140,7 +187,8 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
 
     def _enter_scaled_space(self, buckets: list[Bucket], initial: Callable[..., dict[str, Tensor]]
                             ) -> tuple[dict[str, Tensor], bool, Tensor]:
-        """Update the moments, fix N and fill each bucket's scaled gradient g'.
+        """Update the moments, fix N and fill each bucket's denominators; the rule then
+        forms g' (:func:`scale_gradients`) or only its norm (:func:`sq_norm_scaled`).
 
         Returns the estimate, whether this is its first step, and N.
         """
@@ -151,7 +199,6 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
         advance_moments(buckets, self._scaling)
         norm = alpha_normaliser(buckets, est, group0["alpha_norm"], first,
                                 self._scaling.is_identity, self._reduce, device, dtype)
-        scale_gradients(buckets, norm)
         return est, first, norm
 
     def _take_step(self, buckets: list[Bucket], est: dict[str, Tensor], step: Tensor,

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, check_betas, check_choice, check_positive, sum_dot, sum_sq, total,
+    Bucket, check_betas, check_choice, check_positive, sq_norms, total,
 )
 from lrfree.rules.dadapt import DAdaptEstimate
 from lrfree.scaling import Scaling, bias_corrections, get_scaling
@@ -145,15 +145,15 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         est, first, norm = self._enter_scaled_space(
             buckets, lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt))
         device, dtype = self._device(), self._scalar_dtype()
+        _scaled.scale_gradients(buckets, norm)
         dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
         for b in buckets:
             gamma = b.group["lr"]
-            dot = sum_dot(b.scaled, b.states["s"]).to(dtype)
-            sq = sum_sq(b.scaled).to(dtype)
+            dot, sq = _scaled.scaled_sums(b, b.states["s"], dtype)
             dot_gs.append(gamma * dot)
             sq_g.append(sq)
             sq_g_weighted.append(gamma * gamma * sq)
-            sq_s.append(sum_sq(b.states["s"]).to(dtype))
+            sq_s.append(sq_norms(b.states["s"]).sum().to(dtype))
         sums = [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)]
         start = first and group0["d0_lr"] is not None
         if start:  # elements with a non-zero first gradient, for the start below
@@ -175,9 +175,11 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         d_used = est["d"]
         DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"],
                               group0["d_coef"])
-        for b in buckets:
+        for b in buckets:  # s += lam * gamma * g', as one addcmul with a 0-d multiplier
             step = (lam * b.group["lr"]).to(b.scaled[0].dtype)
-            torch._foreach_add_(b.states["s"], torch._foreach_mul(b.scaled, step))
+            multipliers = [step] * len(b.scaled) if b.scaled_coefs is None \
+                else (b.scaled_coefs * step).unbind()
+            torch._foreach_addcmul_(b.states["s"], b.scaled, multipliers)
         self._take_step(buckets, est, lam, norm, d_used)
         for group in self.param_groups:
             group["d"], group["d_hat"] = est["d"], est["d_hat"]

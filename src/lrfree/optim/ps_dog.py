@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, check_betas, check_choice, check_positive, sum_sq,
+    Bucket, check_betas, check_choice, check_positive, dots, sum_sq,
 )
 from lrfree.rules.dog import DoGStep
 from lrfree.scaling import Scaling, get_scaling
@@ -78,16 +78,13 @@ class PSDoG(_scaled.ScaledSpaceOptimizer):
         device, dtype = self._device(), self._scalar_dtype()
         sq_dist, sq_x0 = [], []
         for b in buckets:
-            weights = b.denoms if b.denoms is not None else [torch.ones_like(x) for x in b.params]
-            shift = torch._foreach_sub(b.params, b.states["x0"])
-            torch._foreach_mul_(shift, shift)
-            sq_dist.append(sum(torch.dot(w.reshape(-1), s.reshape(-1)) for w, s in
-                               zip(weights, shift)).to(dtype) / norm)
+            sq_dist.append(_sq_norm_weighted(
+                b, torch._foreach_sub(b.params, b.states["x0"]), dtype) / norm)
             if first:
-                sq_x0.append(sum(torch.dot(w.reshape(-1), (x * x).reshape(-1)) for w, x in
-                                 zip(weights, b.states["x0"])).to(dtype) / norm)
+                sq_x0.append(_sq_norm_weighted(b, b.states["x0"], dtype) / norm)
         sums = [torch.stack(parts).sum() if parts else torch.zeros((), device=device, dtype=dtype)
-                for parts in (sq_dist, sq_x0, [sum_sq(b.scaled).to(dtype) for b in buckets])]
+                for parts in (sq_dist, sq_x0)]
+        sums.append(_scaled.sq_norm_scaled(buckets, norm, device, dtype))
         distance, x0_norm, sq_norm_g = self._reduce(sums)
         if first:
             est["r_eps"] = group0["reps_rel"] * (1.0 + torch.sqrt(x0_norm))
@@ -95,3 +92,13 @@ class PSDoG(_scaled.ScaledSpaceOptimizer):
         self._take_step(buckets, est, eta, norm, torch.ones_like(eta))
         for group in self.param_groups:
             group["dog_step"] = eta
+
+
+def _sq_norm_weighted(b: Bucket, xs: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """sum_i <a_i, xs_i^2>: N times the squared norm ||sqrt(a / N) xs||^2 of the scaled space."""
+    if b.denoms is None:
+        return sum_sq(xs).to(dtype)
+    per_tensor = dots(b.denoms, torch._foreach_mul(xs, xs)).to(dtype)
+    if b.factors is None:
+        return per_tensor.sum()
+    return (per_tensor * b.factors.to(dtype)).sum()

@@ -111,7 +111,7 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
         group0 = self.param_groups[0]
         est, _, norm = self._enter_scaled_space(buckets, PolyakStep.initial)
         device, dtype = self._device(), self._scalar_dtype()
-        (sq_norm_g,) = self._reduce([_scaled.sq_norm_scaled(buckets, device, dtype)])
+        (sq_norm_g,) = self._reduce([_scaled.sq_norm_scaled(buckets, norm, device, dtype)])
         eta = PolyakStep.update(est, loss.to(device, dtype), sq_norm_g, group0["f_star"],
                                 group0["c"], group0["delta"], group0["cap_start"],
                                 group0["cap_growth"])
