@@ -18,10 +18,11 @@ eagerly too, so the compiled graph sees every state tensor as an input.
 Notes: the first compiled step takes seconds to compile (once per set of parameter shapes).
 A group's ``lr`` may change every step (schedulers): it is traced as a symbolic float, not
 recompiled. Changing other options after the first step recompiles. Apply ``fused`` before
-creating an LR scheduler (the scheduler then wraps the fused step).
+creating an LR scheduler (the scheduler then wraps the fused step; tested).
 """
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +49,7 @@ def fused(optimizer: LRFreeOptimizer, **compile_options: Any) -> LRFreeOptimizer
         eager_step(loss=loss)
 
     @torch.no_grad()
-    def step(closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
+    def step(_self: Any, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
         if closure is not None:
             if loss is not None:
                 raise ValueError("pass either closure or loss=, not both")
@@ -77,6 +78,7 @@ def fused(optimizer: LRFreeOptimizer, **compile_options: Any) -> LRFreeOptimizer
             optimizer._nonfinite = policy
         return returned
 
-    optimizer.step = step  # type: ignore[method-assign]
+    # a bound method, as torch's LR schedulers expect when they wrap ``optimizer.step``
+    optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]
     return optimizer
 
