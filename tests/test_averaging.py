@@ -10,7 +10,7 @@ import lrfree
 from lrfree import averaging
 from lrfree.reference import PSDASGDReference, PSSPSReference
 from problems import TinyNet, batches, flat, param_groups, train
-from test_reductions_and_invariance import ScaledAdam
+from test_reductions_and_invariance import ScaledAlpha
 
 
 def reference_average(make_ref, steps, power=8.0, weight="d"):
@@ -62,7 +62,7 @@ def test_requirement1_holds_for_the_average():
         opt.eval()
         return flat(net)
 
-    base, scaled = averaged("adam"), averaged(ScaledAdam(1e3))
+    base, scaled = averaged("adam"), averaged(ScaledAlpha(1e3))
     assert float((scaled - base).norm() / base.norm()) < 1e-10
 
 

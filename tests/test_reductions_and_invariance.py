@@ -48,11 +48,11 @@ def test_pssps_with_unit_scaling_is_sps():
     assert rel(flat(ps), flat(base)) < 1e-10
 
 
-class ScaledAdam(Scaling):
-    """Adam's a_k times c^2, i.e. alpha multiplied by the constant c."""
+class ScaledAlpha(Scaling):
+    """A scaling's a_k times c^2, i.e. alpha multiplied by the constant c."""
 
-    def __init__(self, c: float) -> None:
-        super().__init__("adam")
+    def __init__(self, c: float, base: str = "adam") -> None:
+        super().__init__(base)
         object.__setattr__(self, "c", c)
 
     def denominators(self, states, grads, steps, beta2, eps):
@@ -68,28 +68,30 @@ MAKERS = {
 }
 
 
+@pytest.mark.parametrize("scaling", ["adam", "adafactor"])
 @pytest.mark.parametrize("name", MAKERS)
 @pytest.mark.parametrize("c", [1e-3, 1e3])
-def test_requirement1_alpha_times_constant(name, c):
+def test_requirement1_alpha_times_constant(name, c, scaling):
     """Requirement 1: multiplying alpha by any constant leaves the trajectory unchanged."""
-    base, _ = train(MAKERS[name]("adam"), 40)
-    scaled, _ = train(MAKERS[name](ScaledAdam(c)), 40)
+    base, _ = train(MAKERS[name](scaling), 40)
+    scaled, _ = train(MAKERS[name](ScaledAlpha(c, scaling)), 40)
     assert rel(flat(scaled), flat(base)) < 1e-10
 
 
 def test_requirement1_fails_without_normalisation():
     """The test above can fail: with N = 1 (alpha_norm="none") the trajectory changes."""
     base, _ = train(MAKERS["psdasgd"]("adam", alpha_norm="none"), 40)
-    scaled, _ = train(MAKERS["psdasgd"](ScaledAdam(1e3), alpha_norm="none"), 40)
+    scaled, _ = train(MAKERS["psdasgd"](ScaledAlpha(1e3), alpha_norm="none"), 40)
     assert rel(flat(scaled), flat(base)) > 1e-3
 
 
+@pytest.mark.parametrize("scaling", ["adam", "adafactor"])
 @pytest.mark.parametrize("name", MAKERS)
 @pytest.mark.parametrize("c", [1e-3, 1e3])
-def test_loss_times_constant(name, c):
+def test_loss_times_constant(name, c, scaling):
     """loss -> c * loss (with eps -> c * eps, eps being in gradient units) changes nothing."""
-    base, _ = train(MAKERS[name]("adam", eps=1e-8), 40)
-    scaled, _ = train(MAKERS[name]("adam", eps=1e-8 * c), 40, loss_scale=c)
+    base, _ = train(MAKERS[name](scaling, eps=1e-8), 40)
+    scaled, _ = train(MAKERS[name](scaling, eps=1e-8 * c), 40, loss_scale=c)
     assert rel(flat(scaled), flat(base)) < 1e-10
 
 
