@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from lrfree.jax import _scaled
-from lrfree.optim._base import check_positive
+from lrfree.optim._base import check_dadapt_start
 
 
 class PSDASGDState(NamedTuple):
@@ -151,19 +151,7 @@ def ps_dasgd(
     """
     opts = _scaled.check_options(learning_rate, betas, eps, weight_decay, decouple, scaling,
                                  alpha_norm, average, average_power, skip_nonfinite)
-    if d0 is not None and d0_lr is not None:
-        raise ValueError(f"d0={d0!r} and d0_lr={d0_lr!r} both set the start of the "
-                         "estimate: give one (d0_lr in Adam-lr units, d0 in scaled units)")
-    if d0 is None:
-        d0_lr = 1e-6 if d0_lr is None else d0_lr
-        check_positive("d0_lr", d0_lr)
-        d0 = 1e-6  # replaced by d0_lr's start at the first non-zero gradient
-    else:
-        check_positive("d0", d0)
-    check_positive("d_coef", d_coef)
-    check_positive("growth_rate", growth_rate, allow_inf=True)
-    if growth_rate < 1:
-        raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
+    d0, d0_lr = check_dadapt_start(d0, d0_lr, d_coef, growth_rate)
     needs_params = average or weight_decay != 0
 
     def init_fn(params: Any) -> PSDASGDState:

@@ -39,6 +39,26 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False,
         raise ValueError(f"{name}={value!r} is invalid: it must be a {finite}number {bound}")
 
 
+
+def check_dadapt_start(d0: float | None, d0_lr: float | None, d_coef: float,
+                       growth_rate: float) -> tuple[float, float | None]:
+    """Validate PS-DA-SGD's estimate options; returns (d0, d0_lr) with the default start
+    resolved: d0_lr = 1e-6 (Adam-lr units) unless d0 (scaled units) is given."""
+    if d0 is not None and d0_lr is not None:
+        raise ValueError(f"d0={d0!r} and d0_lr={d0_lr!r} both set the start of the "
+                         "estimate: give one (d0_lr in Adam-lr units, d0 in scaled units)")
+    if d0 is None:
+        d0_lr = 1e-6 if d0_lr is None else d0_lr
+        check_positive("d0_lr", d0_lr)
+        d0 = 1e-6  # replaced by d0_lr's start at the first non-zero gradient
+    else:
+        check_positive("d0", d0)
+    check_positive("d_coef", d_coef)
+    check_positive("growth_rate", growth_rate, allow_inf=True)
+    if growth_rate < 1:
+        raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
+    return d0, d0_lr
+
 def check_unit_interval(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value!r} is invalid: it must be in [0, 1)")

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, check_betas, check_choice, check_positive, sq_norms, total,
+    Bucket, check_betas, check_choice, check_dadapt_start, check_positive, sq_norms, total,
 )
 from lrfree.rules.dadapt import DAdaptEstimate
 from lrfree.scaling import Scaling, bias_corrections, get_scaling
@@ -110,19 +110,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
-        if d0 is not None and d0_lr is not None:
-            raise ValueError(f"d0={d0!r} and d0_lr={d0_lr!r} both set the start of the "
-                             "estimate: give one (d0_lr in Adam-lr units, d0 in scaled units)")
-        if d0 is None:
-            d0_lr = 1e-6 if d0_lr is None else d0_lr
-            check_positive("d0_lr", d0_lr)
-            d0 = 1e-6  # replaced by d0_lr's start at the first non-zero gradient
-        else:
-            check_positive("d0", d0)
-        check_positive("d_coef", d_coef)
-        check_positive("growth_rate", growth_rate, allow_inf=True)
-        if growth_rate < 1:
-            raise ValueError(f"growth_rate={growth_rate!r} is invalid: it must be >= 1")
+        d0, d0_lr = check_dadapt_start(d0, d0_lr, d_coef, growth_rate)
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
         check_choice("average", average, (True, False))
         check_positive("average_power", average_power, allow_zero=True)
