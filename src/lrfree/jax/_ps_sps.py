@@ -1,7 +1,6 @@
 """PS-SPS for optax: the capped stochastic Polyak step in the parameter-scaled space of Adam."""
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from lrfree.jax import _scaled
-from lrfree.optim._base import check_positive
+from lrfree.optim._base import check_polyak_options
 
 
 class PSSPSState(NamedTuple):
@@ -128,14 +127,7 @@ def ps_sps(
     """
     opts = _scaled.check_options(learning_rate, betas, eps, weight_decay, decouple, scaling,
                                  alpha_norm, average, average_power, skip_nonfinite)
-    check_positive("c", c)
-    if not isinstance(f_star, (int, float)) or not math.isfinite(f_star):
-        raise ValueError(f"f_star={f_star!r} is invalid: it must be a finite number")
-    check_positive("delta", delta, allow_zero=True)
-    check_positive("cap_start", cap_start)
-    check_positive("cap_growth", cap_growth)
-    if cap_growth < 1:
-        raise ValueError(f"cap_growth={cap_growth!r} is invalid: it must be >= 1")
+    check_polyak_options(c, f_star, delta, cap_start, cap_growth)
     needs_params = average or weight_decay != 0
 
     def init_fn(params: Any) -> PSSPSState:

@@ -8,6 +8,7 @@ survives frameworks that only know per-parameter state.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -38,6 +39,19 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False,
         finite = "" if allow_inf else "finite "
         raise ValueError(f"{name}={value!r} is invalid: it must be a {finite}number {bound}")
 
+
+
+def check_polyak_options(c: float, f_star: float, delta: float, cap_start: float,
+                         cap_growth: float) -> None:
+    """Validate the Polyak step's options (PS-SPS, SPS, the optax port)."""
+    check_positive("c", c)
+    if not isinstance(f_star, (int, float)) or not math.isfinite(f_star):
+        raise ValueError(f"f_star={f_star!r} is invalid: it must be a finite number")
+    check_positive("delta", delta, allow_zero=True)
+    check_positive("cap_start", cap_start)
+    check_positive("cap_growth", cap_growth)
+    if cap_growth < 1:
+        raise ValueError(f"cap_growth={cap_growth!r} is invalid: it must be >= 1")
 
 
 def check_dadapt_start(d0: float | None, d0_lr: float | None, d_coef: float,

@@ -1,7 +1,6 @@
 """PS-SPS: the stochastic Polyak step run in the parameter-scaled space of Adam."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -9,7 +8,7 @@ from torch import Tensor
 
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, check_betas, check_choice, check_positive,
+    Bucket, check_betas, check_choice, check_polyak_options, check_positive,
 )
 from lrfree.rules.polyak import PolyakStep
 from lrfree.scaling import Scaling, get_scaling
@@ -81,14 +80,7 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
                  process_group: Any = None) -> None:
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
-        check_positive("c", c)
-        if not isinstance(f_star, (int, float)) or not math.isfinite(f_star):
-            raise ValueError(f"f_star={f_star!r} is invalid: it must be a finite number")
-        check_positive("delta", delta, allow_zero=True)
-        check_positive("cap_start", cap_start)
-        check_positive("cap_growth", cap_growth)
-        if cap_growth < 1:
-            raise ValueError(f"cap_growth={cap_growth!r} is invalid: it must be >= 1")
+        check_polyak_options(c, f_star, delta, cap_start, cap_growth)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
         check_choice("average", average, (True, False))
