@@ -104,11 +104,10 @@ def test_zero_first_gradient_does_not_set_the_polyak_cap(cls, delta):
     assert 0.5 <= floor(opt) / floor(fresh) <= 1.0 + 1e-12, (floor(opt), floor(fresh))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: alpha_normaliser freezes N at the first step even "
-                   "when no element has a non-zero gradient; N is then mean(a) = eps (1e-8)")
 @pytest.mark.parametrize("cls", [lrfree.PSDASGD, lrfree.PSSPS])
 def test_all_zero_first_gradient_does_not_freeze_the_normaliser_at_eps(cls):
-    """N is meant to be the mean of a_k over elements with a non-zero gradient (a zero
+    """Was a strict xfail until fixed: N froze at eps after an all-zero first step.
+    N is meant to be the mean of a_k over elements with a non-zero gradient (a zero
     gradient's a = eps would drag it down by orders of magnitude); G0 already waits for the
     first non-zero gradient, N must too. After one all-zero step, N must be within 2x of a
     fresh run's: the zero step still counts for Adam's bias correction, so at the real first
@@ -122,6 +121,13 @@ def test_all_zero_first_gradient_does_not_freeze_the_normaliser_at_eps(cls):
             opt.step(loss=1.0)
         p.grad = torch.linspace(0.1, 2.0, 6, dtype=torch.float64)
         opt.step(loss=1.0)
+        if cls is lrfree.PSDASGD:
+            # the start d_1 = d0_lr sqrt(n) counts the live elements of the first non-zero
+            # step (all 6; counting the zero step's 0 would start at d0_lr / sqrt(6)). Its
+            # a = |g| / sqrt(1 + beta2), so G0 = sqrt(n) N sqrt(1 + beta2) and the effective
+            # lr is d0_lr / sqrt(1 + beta2): each element still moves by exactly d0_lr.
+            expected = 1e-6 / math.sqrt(1.999) if zero_first else 1e-6
+            assert float(opt.param_groups[0]["effective_lr"]) == pytest.approx(expected, rel=1e-12)
         return float(opt.param_groups[0]["estimate"]["alpha_norm"])
 
     assert 0.5 <= run(True) / run(False) <= 1.0 + 1e-12

@@ -217,7 +217,9 @@ def test_explain_reports_the_sync_as_the_only_break():
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(opt.step)()
     assert explanation.graph_break_count == 1
-    assert "item" in str(explanation.break_reasons[0].reason)
+    # the sync is the non-finite check's read-back (tolist of its two reduced numbers)
+    reason = explanation.break_reasons[0]
+    assert "tolist" in str(reason.reason) and reason.user_stack[-1].name == "_finite"
 
 
 STATE_SIZES = [

@@ -230,6 +230,9 @@ _FIXED: dict[str, OptimizerSpec] = {
               ("psdasgd-amsgrad", "PSDASGD", {"scaling": "amsgrad"}),
               ("psdasgd-dcoef0.5", "PSDASGD", {"d_coef": 0.5}),
               ("psdasgd-d0", "PSDASGD", {"d0": 1e-6}),  # the published start (scaled units)
+              # no warm-up: starts at the best Adam lr of the full-budget sweeps (isolates
+              # what the warm-up costs; not a usable default, it needs that lr)
+              ("psdasgd-start3e-3", "PSDASGD", {"d0_lr": 3e-3}),
               ("pssps-c0.2", "PSSPS", {"c": 0.2}),
               ("pssps-c1", "PSSPS", {"c": 1.0}),
               ("pssps-amsgrad", "PSSPS", {"scaling": "amsgrad"}),

@@ -208,6 +208,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             check_lr(group["lr"])
         self._foreach = foreach
         self._nonfinite = nonfinite
+        self._all_grads_zero = False  # set by each checked step (_finite)
         self._state_dtype = state_dtype
         # Configuration, not state: which group the parameters are sharded over.
         self._shard_group = distributed.shard_group(
@@ -402,12 +403,16 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             _max_abs(grads).to(device, torch.float32)
             for grads in ([g for g in b.grads if g.numel()] for b in buckets) if grads
         ]
+        # The same read tells whether every gradient (on every rank) is exactly zero: such a
+        # step must not fix the normaliser N at eps (see :meth:`_enter_scaled_space`).
+        largest = torch.stack(peaks).sum() if peaks else torch.zeros((), device=device)
         if loss is not None:
             peaks.append(loss.abs().to(device, torch.float32))
         bad = (~torch.isfinite(torch.stack(peaks))).sum().to(torch.float32) if peaks else \
             torch.zeros((), device=device)
-        finite = not bool(self._reduce([bad])[0])
-        if finite:
+        bad, largest = torch.stack(self._reduce([bad, largest])).tolist()  # the one sync
+        self._all_grads_zero = largest == 0
+        if not bad:
             return True
         if self._nonfinite == "raise":
             raise NonFiniteError(
