@@ -46,6 +46,10 @@ SCENARIOS.append(("PSDASGD", "unreduced"))
 # its shard of the gradient, and both ranks must skip the step.
 SKIP = 5
 SCENARIOS += [("PSDASGD", "fsdp_scaler"), ("PSSPS", "fsdp_scaler")]
+# "independent": each rank trains its own copy on its own half of the batch, no DDP, with
+# loss_group=None; "independent_auto": the same with the default loss_group (the control:
+# it averages the two unrelated losses).
+SCENARIOS += [("PSSPS", "independent"), ("PSSPS", "independent_auto")]
 
 
 class Net(torch.nn.Module):
@@ -85,12 +89,14 @@ def flat(net: torch.nn.Module) -> torch.Tensor:
 
 
 def train(opt_name: str, layout: str, sparse_aux: bool = False,
-          skip_step: int | None = None) -> dict:
+          skip_step: int | None = None, half: int | None = None) -> dict:
     """Train STEPS steps; returns the final flat parameters and the per-step scalars.
 
     ``sparse_aux``: the auxiliary head is used on every third step only (the sharded
     layout; DDP would need find_unused_parameters for it). ``skip_step``: no optimizer
-    step there (the reference for "fsdp_scaler", whose inf makes the scaler skip it)."""
+    step there (the reference for "fsdp_scaler", whose inf makes the scaler skip it).
+    ``half``: a single process trained on that half of each batch (the reference for
+    "independent")."""
     rank = dist.get_rank() if layout != "single" else 0
     world = dist.get_world_size() if layout != "single" else 1
     net = make_net()
@@ -105,6 +111,9 @@ def train(opt_name: str, layout: str, sparse_aux: bool = False,
         fully_shard(net.out)
         fully_shard(net)
         model, params = net, list(net.parameters())
+    elif layout in ("independent", "independent_auto"):
+        model, params = net, list(net.parameters())
+        kwargs = {"loss_group": None} if layout == "independent" else {}
     elif layout in ("sharded", "unreduced"):
         owners = {p: (1 if name.startswith("aux") else 0) for name, p in net.named_parameters()}
         model = net
@@ -121,8 +130,10 @@ def train(opt_name: str, layout: str, sparse_aux: bool = False,
     scalars = []
     for step in range(STEPS):
         x, y = batch(step)
-        if layout in ("ddp", "fsdp", "fsdp_scaler"):
+        if layout in ("ddp", "fsdp", "fsdp_scaler", "independent", "independent_auto"):
             x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+        elif half is not None:
+            x, y = x.chunk(2)[half], y.chunk(2)[half]
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(model(x, uses_aux(sparse_aux, step)), y)
         (scaler.scale(loss) if scaler else loss).backward()

@@ -117,6 +117,29 @@ def test_collectives_per_step(results, opt_name):
     assert ddp == [int(opt_name == "PSSPS")] * dist_worker.STEPS
 
 
+def test_loss_group_none_keeps_each_ranks_loss(results):
+    """loss_group=None: two ranks training their own copies on their own halves of the
+    batch (no DDP) each follow a single process on that half, with no collective at all
+    (not sharded, so nothing else is reduced). The default ("auto") averages the two
+    unrelated losses over WORLD, one collective per step, and differs: the control."""
+    for rank in range(2):
+        ref = dist_worker.train("PSSPS", "single", half=rank)
+        got = results[rank]["PSSPS/independent"]
+        assert got["collectives"] == [0] * dist_worker.STEPS
+        assert moved_error(got["params"], ref["params"]) < 1e-9
+        torch.testing.assert_close(got["scalars"], ref["scalars"], rtol=1e-9, atol=0)
+        auto = results[rank]["PSSPS/independent_auto"]
+        assert auto["collectives"] == [1] * dist_worker.STEPS
+        assert moved_error(auto["params"], ref["params"]) > 1e-3
+
+
+def test_loss_group_is_validated():
+    for bad in ("world", 0, "none"):
+        with pytest.raises(ValueError, match="loss_group must be"):
+            lrfree.PSSPS([torch.nn.Parameter(torch.zeros(2))], loss_group=bad)
+    lrfree.SPS([torch.nn.Parameter(torch.zeros(2))], loss_group=None)
+
+
 def test_sharding_without_reduction_differs(results, references):
     """The control: the same sharded layout without process_group= gives each rank an
     estimate from its own shard only, and the comparison above catches it."""

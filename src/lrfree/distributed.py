@@ -54,9 +54,27 @@ def all_reduce_sum(values: Tensor, group: Any) -> Tensor:
     return values
 
 
-def loss_group(shard: Any) -> Any:
+def check_loss_group(loss_group: Any) -> Any:
+    """``loss_group=`` of the Polyak methods: "auto", None or a process group."""
+    if isinstance(loss_group, str) and loss_group == "auto" or loss_group is None:
+        return loss_group
+    if torch.distributed.is_available() and \
+            isinstance(loss_group, torch.distributed.ProcessGroup):
+        return loss_group
+    raise ValueError(
+        f"loss_group must be 'auto' (average the loss over the ranks that share the "
+        f"parameters, the default), None (use each rank's loss as given) or a "
+        f"torch.distributed ProcessGroup; got {loss_group!r}")
+
+
+def loss_group(shard: Any, option: Any = "auto") -> Any:
     """The group the mini-batch loss is averaged over: each rank sees its own batch under
-    DDP and FSDP, and the Polyak step must be the same on every rank."""
+    DDP and FSDP, and the Polyak step must be the same on every rank. ``option`` is the
+    optimizer's ``loss_group=``: "auto" (the shard group, else WORLD when torch.distributed
+    is initialised), None (no averaging: the loss is already global, or each rank trains
+    its own model) or an explicit group."""
+    if not (isinstance(option, str) and option == "auto"):
+        return option
     if shard is not None:
         return shard
     if torch.distributed.is_available() and torch.distributed.is_initialized():

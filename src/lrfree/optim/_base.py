@@ -196,7 +196,8 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
     needs_loss = False
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, foreach: bool | None,
-                 nonfinite: str, state_dtype: str, process_group: Any = None) -> None:
+                 nonfinite: str, state_dtype: str, process_group: Any = None,
+                 loss_group: Any = "auto") -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         check_choice("state_dtype", state_dtype, ("float32", "param"))
         check_choice("foreach", foreach, (None, True, False))
@@ -213,6 +214,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         # Configuration, not state: which group the parameters are sharded over.
         self._shard_group = distributed.shard_group(
             [p for g in self.param_groups for p in g["params"]], process_group)
+        self._loss_group = distributed.check_loss_group(loss_group)
 
     # ----------------------------------------------------------------- hooks
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
@@ -382,7 +384,8 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             raise ValueError(f"loss must be a float or a 0-d tensor; got {type(loss).__name__}")
         if self.needs_loss:
             # each rank computed the loss of its own batch; the step must agree everywhere
-            value = distributed.average(value, distributed.loss_group(self._shard_group))
+            value = distributed.average(
+                value, distributed.loss_group(self._shard_group, self._loss_group))
         return value
 
     def _scalar_dtype(self) -> torch.dtype:

@@ -53,6 +53,11 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
         foreach, nonfinite, state_dtype, process_group: as in :class:`lrfree.PSDASGD`.
             Under torch.distributed the loss is averaged over the ranks (DDP and FSDP
             give each rank its own batch; the Polyak step must agree everywhere).
+        loss_group: the ranks the loss is averaged over: "auto" (default: the
+            ``process_group``/FSDP mesh if sharded, else every rank when torch.distributed
+            is initialised), None (the loss is used as given: it is already global, or
+            each rank trains its own model, where averaging would mix unrelated losses and
+            hang when the ranks step at different times) or a ProcessGroup.
 
     Example::
 
@@ -77,7 +82,7 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
                  alpha_norm: str = "initial", average: bool = False,
                  average_power: float = 8.0, *, foreach: bool | None = None,
                  nonfinite: str = "skip", state_dtype: str = "float32",
-                 process_group: Any = None) -> None:
+                 process_group: Any = None, loss_group: Any = "auto") -> None:
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_polyak_options(c, f_star, delta, cap_start, cap_growth)
@@ -93,7 +98,8 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
                         decouple=bool(decouple), scaling=scaling.name, alpha_norm=alpha_norm,
                         average=average, average_power=average_power, polyak_step=0.0)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
-                         state_dtype=state_dtype, process_group=process_group)
+                         state_dtype=state_dtype, process_group=process_group,
+                         loss_group=loss_group)
         # The group keeps the name (state_dict stays plain data); the object may be a
         # user-defined Scaling.
         self._scaling = scaling
