@@ -19,6 +19,12 @@ Notes: the first compiled step takes seconds to compile (once per set of paramet
 A group's ``lr`` may change every step (schedulers): it is traced as a symbolic float, not
 recompiled. Changing other options after the first step recompiles. Apply ``fused`` before
 creating an LR scheduler (the scheduler then wraps the fused step; tested).
+
+``kernel="cpp"`` (CPU, PSDASGD and PSSPS): instead of compiling, the step runs a
+hand-written C++ loop (:mod:`lrfree.kernels`: PSDASGD one pass over the elements, PSSPS
+two), built once with a C++ compiler and ninja (``pip install lrfree[kernels]``); steps it
+does not support (other scalings and options, non-CPU or non-contiguous tensors, bf16, the
+first step, sharding: see :mod:`lrfree.kernels`) run the eager step. No compilation wait.
 """
 from __future__ import annotations
 
@@ -31,14 +37,24 @@ import torch
 from lrfree.optim._base import LRFreeOptimizer
 
 
-def fused(optimizer: LRFreeOptimizer, **compile_options: Any) -> LRFreeOptimizer:
-    """Replace ``optimizer.step`` by a compiled step (in place) and return the optimizer.
+def fused(optimizer: LRFreeOptimizer, *, kernel: str = "compile",
+          **compile_options: Any) -> LRFreeOptimizer:
+    """Replace ``optimizer.step`` by a fused step (in place) and return the optimizer.
 
-    ``compile_options`` go to ``torch.compile`` (default: ``fullgraph=True``, so a graph
-    break is an error rather than a silent slowdown).
+    ``kernel="compile"`` (default): the step compiled by ``torch.compile``;
+    ``compile_options`` go to it (default: ``fullgraph=True``, so a graph break is an error
+    rather than a silent slowdown). ``kernel="cpp"``: the C++ CPU kernel of
+    :mod:`lrfree.kernels`, built here (a RuntimeError naming the fix if it cannot be).
     """
     if not isinstance(optimizer, LRFreeOptimizer):
         raise TypeError(f"lrfree.fused expects an lrfree optimizer; got {type(optimizer).__name__}")
+    if kernel not in ("compile", "cpp"):
+        raise ValueError(f"kernel={kernel!r} is invalid: use 'compile' or 'cpp'")
+    if kernel == "cpp":
+        if compile_options:
+            raise ValueError(f"kernel='cpp' takes no torch.compile options; got "
+                             f"{', '.join(compile_options)}")
+        return _cpp(optimizer)
     # the class's step, not an instance wrapper (an LR scheduler's cannot be traced)
     eager_step = type(optimizer).step.__get__(optimizer)
     policy = optimizer._nonfinite
@@ -82,3 +98,35 @@ def fused(optimizer: LRFreeOptimizer, **compile_options: Any) -> LRFreeOptimizer
     optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]
     return optimizer
 
+
+
+def _cpp(optimizer: LRFreeOptimizer) -> LRFreeOptimizer:
+    """``fused(optimizer, kernel="cpp")``: the C++ step where supported, else eager."""
+    from lrfree import kernels
+
+    kernels.load()  # build now: a missing compiler is an error here, not at a later step
+    eager_step = type(optimizer).step.__get__(optimizer)
+
+    @torch.no_grad()
+    def step(_self: Any, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
+        if closure is not None:
+            if loss is not None:
+                raise ValueError("pass either closure or loss=, not both")
+            with torch.enable_grad():
+                loss = closure()
+        returned = loss
+        if optimizer.param_groups[0].get("averaged_in") or \
+                (optimizer.needs_loss and loss is None):
+            return eager_step(loss=loss)  # raises the eager step's error
+        buckets = optimizer._gather()
+        plan = kernels.plan(optimizer, buckets) if buckets else None
+        if plan is None:  # not supported: the eager step, exactly
+            eager_step(loss=loss)
+            return returned
+        check = optimizer._loss_tensor(loss, optimizer._device())
+        if optimizer._finite(buckets, check):  # the step's one host sync (unless unchecked)
+            kernels.run(optimizer, plan, check)
+        return returned
+
+    optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]
+    return optimizer

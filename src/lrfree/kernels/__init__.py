@@ -1,0 +1,181 @@
+"""A hand-written fused CPU step for :class:`lrfree.PSDASGD` and :class:`lrfree.PSSPS`.
+
+``lrfree.fused(opt, kernel="cpp")`` replaces the eager step's sequence of multi-tensor
+kernels by one C++ loop over the elements (PSDASGD: one pass; PSSPS: two, since its step
+size needs this step's ``||g'||^2`` first), vectorised with ``at::vec::Vectorized`` and
+split over threads with ``at::parallel_for``. The C++ source (``ps_step.cpp``, next to this
+file) is compiled on first use with ``torch.utils.cpp_extension.load_inline`` and cached in
+torch's extension directory; it needs a C++ compiler and ninja (``pip install
+lrfree[kernels]``).
+
+Supported, everything else takes the eager step unchanged (same result as without
+``fused``):
+
+- ``PSDASGD`` and ``PSSPS`` themselves (not subclasses), ``scaling="adam"`` (the built-in
+  :class:`~lrfree.scaling.Scaling`), ``alpha_norm="initial"``, ``average=False``;
+- every parameter, gradient and state tensor a contiguous CPU tensor, all float32 or all
+  float64 (bf16/fp16 parameters, mixed dtypes, channels-last or strided gradients fall back);
+- no sharding (``process_group`` / DTensor parameters fall back);
+- steady state: the first step (it fixes N, G0 and the start of the estimate), a step
+  where a parameter gets its first gradient, and, for PSDASGD, steps before the first
+  non-zero gradient, run eagerly.
+
+Per-group ``lr`` (schedulers), ``betas`` (``beta1 = 0`` included), ``eps``,
+``weight_decay`` and ``decouple`` are supported, as are ``d_coef``, ``growth_rate`` and
+the Polyak options (the scalar rules run in Python on 0-d tensors, as in the eager step).
+Sums are accumulated in double per vector lane and added chunk by chunk in a fixed order:
+the result does not depend on the number of threads, and differs from the eager step
+(float32 sums in another order) by float rounding.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lrfree.optim._base import Bucket, LRFreeOptimizer
+from lrfree.rules.dadapt import DAdaptEstimate
+from lrfree.rules.polyak import PolyakStep
+from lrfree.scaling import Scaling
+
+SOURCE = Path(__file__).with_name("ps_step.cpp")
+FUNCTIONS = ["psdasgd_step", "pssps_norm", "pssps_step"]
+_module: Any = None
+
+INSTALL_HINT = ("it needs a C++ compiler (g++ or clang++) and ninja: install a compiler and "
+                "`pip install lrfree[kernels]`, or use the default compiled step, "
+                "lrfree.fused(opt), or the eager optimizer")
+
+
+def _flags() -> list[str]:
+    flags = ["-O3"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX2":
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    elif capability == "AVX512":
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                  "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    if sys.platform.startswith("linux"):
+        flags.append("-fopenmp")
+    return flags
+
+
+def load(verbose: bool = False) -> Any:
+    """Build (once; cached by torch on disk) and return the extension module.
+
+    Raises RuntimeError naming the fix when it cannot be built.
+    """
+    global _module
+    if _module is not None:
+        return _module
+    source = SOURCE.read_text()
+    flags = _flags()
+    digest = hashlib.sha256((source + " ".join(flags) + torch.__version__).encode()).hexdigest()
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        _module = load_inline(
+            name=f"lrfree_ps_step_{digest[:12]}", cpp_sources=[source], functions=FUNCTIONS,
+            extra_cflags=flags, extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
+            verbose=verbose)
+    except Exception as error:  # no compiler, no ninja, a failed build: all the same fix
+        raise RuntimeError(f"lrfree.fused(..., kernel='cpp') could not build its C++ kernel "
+                           f"({type(error).__name__}: {error}); {INSTALL_HINT}") from error
+    return _module
+
+
+def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]] | None:
+    """The flat tensor lists of the kernel for this step, or None when the kernel does not
+    support it (the caller then takes the eager step). Changes nothing."""
+    from lrfree.optim.ps_dasgd import PSDASGD
+    from lrfree.optim.ps_sps import PSSPS
+
+    group0 = opt.param_groups[0]
+    if type(opt) not in (PSDASGD, PSSPS) or opt._shard_group is not None:
+        return None
+    if type(opt._scaling) is not Scaling or opt._scaling.name != "adam" or \
+            group0["alpha_norm"] != "initial" or group0["average"]:
+        return None
+    est = group0.get("estimate")
+    if est is None or "alpha_norm" not in est:  # the first step
+        return None
+    if type(opt) is PSDASGD and getattr(opt, "_kernel_g0_ready", None) is not est["grad_norm0"]:
+        # before the first non-zero gradient G0 is 0 and this step would fix it: eager.
+        # Read once per G0 tensor (only an eager step or a load replaces it).
+        if not bool(est["grad_norm0"] > 0):
+            return None
+        opt._kernel_g0_ready = est["grad_norm0"]
+    dtype = buckets[0].params[0].dtype
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    out: dict[str, list[Tensor]] = {k: [] for k in ("p", "g", "m", "v", "s", "step")}
+    hyper: list[list[float]] = []
+    for b in buckets:
+        group = b.group
+        beta1, beta2 = group["betas"]
+        for i, (p, g) in enumerate(zip(b.params, b.grads)):
+            state = opt.state[b.keys[i]]
+            if "step" not in state:  # a first gradient: its state is created eagerly
+                return None
+            m = state["m"] if beta1 > 0 else g
+            s = state["s"] if "s" in state else g
+            tensors = (p, g, m, state["v"], s)
+            if any(t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous()
+                   for t in tensors) or state["step"].dtype != dtype:
+                return None
+            for key, t in zip(("p", "g", "m", "v", "s"), tensors):
+                out[key].append(t)
+            out["step"].append(state["step"])
+            hyper.append([group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                          1.0 if group["decouple"] else 0.0])
+    out["hyper"] = [torch.tensor(hyper, dtype=torch.float64)]
+    return out
+
+
+def run(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor | None) -> None:
+    """Take the step with the kernel, from :func:`plan`'s lists (after the non-finite
+    check, which the caller ran)."""
+    est = opt.param_groups[0]["estimate"]
+    if opt.needs_loss:
+        _pssps(opt, lists, est, loss)
+    else:
+        _psdasgd(opt, lists, est)
+
+
+def _psdasgd(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]],
+             est: dict[str, Tensor]) -> None:
+    group0 = opt.param_groups[0]
+    dtype = est["d"].dtype
+    lam = DAdaptEstimate.base_step(est)
+    norm = est["alpha_norm"]
+    sums = load().psdasgd_step(lists["p"], lists["g"], lists["m"], lists["v"], lists["s"],
+                               lists["step"], lists["hyper"][0], lam, norm)
+    dot, sq_weighted, sq_norm_s, _ = sums.to(dtype).unbind()
+    DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"],
+                          group0["d_coef"])
+    for group in opt.param_groups:
+        group["effective_lr"] = lam * group["lr"] * norm
+        group["d"], group["d_hat"] = est["d"], est["d_hat"]
+
+
+def _pssps(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], est: dict[str, Tensor],
+           loss: Tensor | None) -> None:
+    assert loss is not None
+    group0 = opt.param_groups[0]
+    dtype = est["eta"].dtype
+    norm = est["alpha_norm"]
+    kernel = load()
+    sq_norm_g = kernel.pssps_norm(lists["p"], lists["g"], lists["v"], lists["step"],
+                                  lists["hyper"][0], norm)[0].to(dtype)
+    eta = PolyakStep.update(est, loss.to(norm.device, dtype), sq_norm_g, group0["f_star"],
+                            group0["c"], group0["delta"], group0["cap_start"],
+                            group0["cap_growth"])
+    kernel.pssps_step(lists["p"], lists["g"], lists["m"], lists["v"], lists["step"],
+                      lists["hyper"][0], eta, norm)
+    for group in opt.param_groups:
+        group["effective_lr"] = eta * group["lr"] * norm
+        group["polyak_step"] = eta
