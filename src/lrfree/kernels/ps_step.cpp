@@ -60,8 +60,9 @@ Consts<T> consts(const double* h, T step, double lam, double norm, T lr_t) {
   return c;
 }
 
+// Double accumulators, one per vector lane: float lanes are widened and added in double.
 template <typename T>
-struct LaneSum {  // double accumulators, one per vector lane
+struct LaneSum {  // generic: through a buffer (the compiler vectorises the loop)
   static constexpr int W = Vectorized<T>::size();
   double a[W] = {};
   inline void add(const Vectorized<T>& x) {
@@ -75,6 +76,48 @@ struct LaneSum {  // double accumulators, one per vector lane
     return t;
   }
 };
+
+template <>
+struct LaneSum<double> {
+  Vectorized<double> a = Vectorized<double>(0.0);
+  inline void add(const Vectorized<double>& x) { a = a + x; }
+  double total() const {
+    alignas(64) double buf[Vectorized<double>::size()];
+    a.store(buf);
+    double t = 0;
+    for (int j = 0; j < Vectorized<double>::size(); ++j) t += buf[j];
+    return t;
+  }
+};
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+struct LaneSum<float> {  // 16 float lanes -> two vectors of 8 doubles
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  inline void add(const Vectorized<float>& x) {
+    const __m512 f = x;
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(
+                               _mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+  }
+  double total() const { return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)); }
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+struct LaneSum<float> {  // 8 float lanes -> two vectors of 4 doubles
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  inline void add(const Vectorized<float>& x) {
+    const __m256 f = x;
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+  }
+  double total() const {
+    alignas(32) double b[4];
+    _mm256_store_pd(b, _mm256_add_pd(lo, hi));
+    return (b[0] + b[1]) + (b[2] + b[3]);
+  }
+};
+#endif
 
 struct Chunk {
   int64_t tensor, begin, end;
