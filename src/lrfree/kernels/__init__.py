@@ -43,7 +43,7 @@ from lrfree.rules.polyak import PolyakStep
 from lrfree.scaling import Scaling
 
 SOURCE = Path(__file__).with_name("ps_step.cpp")
-FUNCTIONS = ["psdasgd_step", "pssps_norm", "pssps_step"]
+FUNCTIONS = ["psdasgd_step", "pssps_norm", "pssps_step", "is_positive"]
 _module: Any = None
 
 INSTALL_HINT = ("it needs a C++ compiler (g++ or clang++) and ninja: install a compiler and "
@@ -76,12 +76,17 @@ def load(verbose: bool = False) -> Any:
     flags = _flags()
     digest = hashlib.sha256((source + " ".join(flags) + torch.__version__).encode()).hexdigest()
     try:
+        import inspect
+
         from torch.utils.cpp_extension import load_inline
 
+        # the source includes what it needs; torch/extension.h would take ~4x longer
+        lean = {"no_implicit_headers": True} \
+            if "no_implicit_headers" in inspect.signature(load_inline).parameters else {}
         _module = load_inline(
             name=f"lrfree_ps_step_{digest[:12]}", cpp_sources=[source], functions=FUNCTIONS,
             extra_cflags=flags, extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
-            verbose=verbose)
+            verbose=verbose, **lean)
     except Exception as error:  # no compiler, no ninja, a failed build: all the same fix
         raise RuntimeError(f"lrfree.fused(..., kernel='cpp') could not build its C++ kernel "
                            f"({type(error).__name__}: {error}); {INSTALL_HINT}") from error
@@ -103,12 +108,10 @@ def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]]
     est = group0.get("estimate")
     if est is None or "alpha_norm" not in est:  # the first step
         return None
-    if type(opt) is PSDASGD and getattr(opt, "_kernel_g0_ready", None) is not est["grad_norm0"]:
-        # before the first non-zero gradient G0 is 0 and this step would fix it: eager.
-        # Read once per G0 tensor (only an eager step or a load replaces it).
-        if not bool(est["grad_norm0"] > 0):
-            return None
-        opt._kernel_g0_ready = est["grad_norm0"]
+    if type(opt) is PSDASGD and (est["grad_norm0"].device.type != "cpu" or
+                                 not load().is_positive(est["grad_norm0"])):
+        # before the first non-zero gradient G0 is 0 and this step would fix it: eager
+        return None
     dtype = buckets[0].params[0].dtype
     if dtype not in (torch.float32, torch.float64):
         return None

@@ -12,9 +12,14 @@
 // PSDASGD also reduces <g', s>, ||g'||^2, ||s||^2 (s before its update) and updates
 // s <- s + lambda gamma g' in the same pass. Sums are accumulated in double per lane and
 // added per chunk in a fixed order, so they do not depend on the number of threads.
-#include <torch/extension.h>
+// Only the headers it needs (torch/extension.h takes ~4x longer to compile); the pybind11
+// module is appended by load_inline.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
 #include <vector>
@@ -365,4 +370,11 @@ void pssps_step(std::vector<at::Tensor> p, std::vector<at::Tensor> g, std::vecto
     return sps_step<float>(p, g, m, v, steps, hyper, eta_d, norm_d);
   TORCH_CHECK(p[0].scalar_type() == at::kDouble, "lrfree kernel: float32 or float64 only");
   sps_step<double>(p, g, m, v, steps, hyper, eta_d, norm_d);
+}
+
+// Whether a 0-d CPU tensor is > 0, read here: on a CPU this is a memory read, not a device
+// synchronisation (and it keeps the Python-level host-sync count of the step unchanged).
+bool is_positive(at::Tensor x) {
+  TORCH_CHECK(x.device().is_cpu() && x.numel() == 1, "lrfree kernel: a 0-d CPU tensor");
+  return x.item<double>() > 0.0;
 }
