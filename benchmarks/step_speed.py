@@ -11,12 +11,17 @@ the order from round to round) for a few steps; the ratio to AdamW (foreach) and
 denominator together. The report gives the median ratio over rounds and its spread.
 
 Our compiled step (``lrfree.fused``) is timed only at ``--fused-sizes`` (default 1M):
-compiling it takes minutes per model on a small CPU machine.
+compiling it takes minutes per model on a small CPU machine. The C++ kernel
+(``lrfree.fused(opt, kernel="cpp")``, rows "(cpp)") is timed at every size; its rows are left
+out, with a message, where it cannot be built, and from the pass counts (its loop is not made
+of aten ops).
 
 A second part times end-to-end training of the benchmark's small VGG (images/s).
 
     python benchmarks/step_speed.py                        # the committed run
     python benchmarks/step_speed.py --sizes 1M --rounds 3  # a quick look
+    python benchmarks/step_speed.py --sizes 10M --rounds 5 --only cpp --fused-sizes none \
+        --vgg-rounds 0 --no-passes --out benchmarks/results/step_speed_cpp  # the kernel rows
 
 One thread (``torch.set_num_threads(1)``): the machine is shared, and one core is the
 setting the ratios are comparable in. Writes benchmarks/results/step_speed/.
@@ -58,7 +63,8 @@ def transformer_params(width: int, depth: int, vocab: int, seed: int = 0) -> lis
     return [nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
 
 
-def optimizer_factories(fused: bool = True) -> dict[str, Callable[[list[nn.Parameter]], Any]]:
+def optimizer_factories(fused: bool = True, cpp: bool = True
+                        ) -> dict[str, Callable[[list[nn.Parameter]], Any]]:
     import dadaptation
     import prodigyopt
     import schedulefree
@@ -77,13 +83,28 @@ def optimizer_factories(fused: bool = True) -> dict[str, Callable[[list[nn.Param
         "PSSPS (foreach)": lambda p: lrfree.PSSPS(p),
         "PSSPS (per-tensor)": lambda p: lrfree.PSSPS(p, foreach=False),
         "PSSPS (fused)": lambda p: lrfree.fused(lrfree.PSSPS(p)),
+        "PSDASGD (cpp)": lambda p: lrfree.fused(lrfree.PSDASGD(p), kernel="cpp"),
+        "PSSPS (cpp)": lambda p: lrfree.fused(lrfree.PSSPS(p), kernel="cpp"),
         "DAdaptAdam": lambda p: dadaptation.DAdaptAdam(p, lr=1.0),
         "Prodigy": lambda p: prodigyopt.Prodigy(p, lr=1.0),
         "AdamWScheduleFree": schedule_free,
     }
     if not fused:
         factories = {k: v for k, v in factories.items() if not k.startswith("PS") or "fused" not in k}
+    if not cpp or not _cpp_available():
+        factories = {k: v for k, v in factories.items() if "(cpp)" not in k}
     return factories
+
+
+def _cpp_available() -> bool:
+    from lrfree import kernels
+
+    try:
+        kernels.load()
+    except RuntimeError as error:
+        print(f"skipping the (cpp) rows: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 class PassCounter(TorchDispatchMode):
@@ -155,7 +176,7 @@ def pass_counts(size: str) -> dict[str, dict[str, float]]:
     gen = torch.Generator().manual_seed(1)
     grads = [[torch.randn(p.shape, generator=gen) * 1e-2 for p in params] for _ in range(2)]
     counts = {}
-    for label, make in optimizer_factories(fused=False).items():
+    for label, make in optimizer_factories(fused=False, cpp=False).items():
         copies = [nn.Parameter(p.detach().clone()) for p in params]
         counts[label] = count_passes(make(copies), copies, grads)
     return counts
@@ -197,8 +218,11 @@ def time_steps(opt: Any, params: list[nn.Parameter], grads: list[list[torch.Tens
     return statistics.median(times)
 
 
+REFERENCES = ("AdamW (foreach)", "AdamW (fused)")
+
+
 def run_size(name: str, rounds: int, steps: int, fused: bool,
-             log: Callable[[str], None]) -> dict[str, Any]:
+             log: Callable[[str], None], only: list[str] | None = None) -> dict[str, Any]:
     width, depth, vocab = SIZES[name]
     params = transformer_params(width, depth, vocab)
     numel = sum(p.numel() for p in params)
@@ -208,6 +232,8 @@ def run_size(name: str, rounds: int, steps: int, fused: bool,
     opts = {}
     warmup = {}
     for label, make in optimizer_factories(fused).items():
+        if only and label not in REFERENCES and not any(word in label for word in only):
+            continue
         opts[label] = make(params)
         start = time.perf_counter()
         time_steps(opts[label], params, grads, 2, cursor)  # state creation, compilation
@@ -246,7 +272,7 @@ def vgg_throughput(rounds: int, steps: int, batch: int, log: Callable[[str], Non
     x_all = torch.randn(4 * batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     y_all = torch.randint(0, 10, (4 * batch,), generator=torch.Generator().manual_seed(3))
     runs = {}
-    for label, make in optimizer_factories(fused=False).items():
+    for label, make in optimizer_factories(fused=False, cpp=False).items():
         model = SmallVGG()
         runs[label] = (model, make(list(model.parameters())))
     rates: dict[str, list[float]] = {label: [] for label in runs}
@@ -331,6 +357,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--vgg-rounds", type=int, default=3)
     parser.add_argument("--vgg-steps", type=int, default=5)
+    parser.add_argument("--only", default="",
+                        help="time only the rows whose label contains one of these words "
+                             "(comma list), beside the two AdamW references")
+    parser.add_argument("--no-passes", action="store_true", help="skip the pass counts")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite step_speed.md from the saved step_speed.json")
@@ -369,8 +399,10 @@ def main() -> None:
     del dadaptation, prodigyopt, schedulefree
     for size, n in zip(sizes, rounds):
         fused = size in args.fused_sizes.split(",")
-        result["sizes"][size] = run_size(size, n, args.steps, fused, log)
-    result["passes"] = {"size": sizes[0], "optimizers": pass_counts(sizes[0])}
+        result["sizes"][size] = run_size(size, n, args.steps, fused, log,
+                                         [w for w in args.only.split(",") if w])
+    if not args.no_passes:
+        result["passes"] = {"size": sizes[0], "optimizers": pass_counts(sizes[0])}
     if args.vgg_rounds > 0:
         result["vgg"] = vgg_throughput(args.vgg_rounds, args.vgg_steps, 64, log)
     args.out.mkdir(parents=True, exist_ok=True)

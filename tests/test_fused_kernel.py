@@ -11,7 +11,8 @@
 - Unsupported steps (other scalings and options, bf16, strided gradients, the first step)
   take the eager step: bitwise the eager result, and the kernel is not called.
 - Host syncs (Tensor -> Python conversions, as in test_speed_paths.py): 1 per step with the
-  default non-finite check, 0 with nonfinite="unchecked"; a non-finite step is skipped.
+  default non-finite check, 0 with nonfinite="unchecked"; a step with a non-finite gradient
+  or loss is skipped (or raises), as in eager.
 
 The whole file is skipped when the kernel cannot be built (no C++ compiler or ninja). The
 first run builds it (~30 s on a loaded 2-core machine; cached in torch's extension
@@ -58,7 +59,7 @@ def kernel_calls(monkeypatch):
 
 
 def train_pair(name, options, dtype=torch.float32, steps=10, nan_at=None, make_net=MixedNet,
-               make_groups=groups):
+               make_groups=groups, nan_value=float("nan"), nan_loss_at=None):
     """The same model trained by the eager optimizer and by its kernel="cpp" version."""
     cls = getattr(lrfree, name)
     net_e = make_net().to(dtype)
@@ -74,8 +75,8 @@ def train_pair(name, options, dtype=torch.float32, steps=10, nan_at=None, make_n
             loss = nn.functional.cross_entropy(net(x), y)
             loss.backward()
             if k == nan_at:
-                next(net.parameters()).grad.view(-1)[0] = float("nan")
-            opt.step(loss=loss.detach())
+                list(net.parameters())[2].grad.view(-1)[-1] = nan_value
+            opt.step(loss=loss.detach() * (float("nan") if k == nan_loss_at else 1.0))
             sched.step()
     return net_e, opt_e, net_k, opt_k
 
@@ -129,12 +130,36 @@ def test_kernel_matches_eager(name, options, dtype, kernel_calls):
         assert float(est["d"]) > 2 * float(start)
 
 
-def test_skipped_step_and_one_sync(kernel_calls):
-    """A NaN gradient: the step is skipped by both (nothing changes), as in eager."""
-    net_e, opt_e, net_k, opt_k = train_pair("PSDASGD", {"d0_lr": 1e-8}, steps=6, nan_at=3)
+@pytest.mark.parametrize("name,bad", [("PSDASGD", "nan"), ("PSDASGD", "inf"),
+                                      ("PSSPS", "-inf"), ("PSSPS", "loss")])
+def test_nonfinite_step_is_skipped(name, bad, kernel_calls):
+    """A non-finite gradient (the C++ check) or loss: the step is skipped by both, as in
+    eager; with nonfinite="raise" it raises before anything changes."""
+    options = {"d0_lr": 1e-8} if name == "PSDASGD" else {}
+    value = float(bad) if bad != "loss" else 0.0
+    nan_at = 3 if bad != "loss" else None
+    if bad == "loss":
+        options = {}
+    net_e, opt_e, net_k, opt_k = train_pair(name, options, steps=6, nan_at=nan_at,
+                                            nan_value=value, nan_loss_at=3 if bad == "loss" else None)
     assert opt_e.param_groups[0]["skipped_steps"] == opt_k.param_groups[0]["skipped_steps"] == 1
     assert len(kernel_calls) == 4
     assert max(max_differences(net_e, opt_e, net_k, opt_k).values()) <= RTOL[torch.float32]
+    net = MixedNet()
+    opt = lrfree.fused(getattr(lrfree, name)(groups(net), nonfinite="raise"), kernel="cpp")
+    for k in range(3):
+        x, y = data(k)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        if k == 2:
+            net.fc.weight.grad[0, 0] = float("inf")
+            before = [p.detach().clone() for p in net.parameters()]
+            with pytest.raises(lrfree.NonFiniteError):
+                opt.step(loss=loss.detach())
+            assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+        else:
+            opt.step(loss=loss.detach())
 
 
 @pytest.mark.parametrize("name", ["PSDASGD", "PSSPS"])

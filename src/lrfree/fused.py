@@ -124,7 +124,8 @@ def _cpp(optimizer: LRFreeOptimizer) -> LRFreeOptimizer:
             eager_step(loss=loss)
             return returned
         check = optimizer._loss_tensor(loss, optimizer._device())
-        if optimizer._finite(buckets, check):  # the step's one host sync (unless unchecked)
+        bad = None if optimizer._nonfinite == "unchecked" else kernels.nonfinite(plan, check)
+        if optimizer._finite(buckets, check, bad):  # the step's one host sync (if checked)
             kernels.run(optimizer, plan, check)
         return returned
 

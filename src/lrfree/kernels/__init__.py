@@ -43,7 +43,7 @@ from lrfree.rules.polyak import PolyakStep
 from lrfree.scaling import Scaling
 
 SOURCE = Path(__file__).with_name("ps_step.cpp")
-FUNCTIONS = ["psdasgd_step", "pssps_norm", "pssps_step", "is_positive"]
+FUNCTIONS = ["psdasgd_step", "pssps_norm", "pssps_step", "is_positive", "nonfinite"]
 _module: Any = None
 
 INSTALL_HINT = ("it needs a C++ compiler (g++ or clang++) and ninja: install a compiler and "
@@ -137,6 +137,16 @@ def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]]
                           1.0 if group["decouple"] else 0.0])
     out["hyper"] = [torch.tensor(hyper, dtype=torch.float64)]
     return out
+
+
+def nonfinite(lists: dict[str, list[Tensor]], loss: Tensor | None) -> Tensor:
+    """A 0-d tensor, > 0 where a gradient of :func:`plan`'s lists or the loss is not finite:
+    the check of ``opt._finite`` as one C++ read of the gradients (the eager check's
+    min/max per tensor costs about two reads on a CPU)."""
+    bad = load().nonfinite(lists["g"])
+    if loss is not None:
+        bad = bad + (~torch.isfinite(loss)).to(bad.dtype)
+    return bad
 
 
 def run(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor | None) -> None:

@@ -17,6 +17,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/utils/pybind.h>
@@ -377,4 +379,35 @@ void pssps_step(std::vector<at::Tensor> p, std::vector<at::Tensor> g, std::vecto
 bool is_positive(at::Tensor x) {
   TORCH_CHECK(x.device().is_cpu() && x.numel() == 1, "lrfree kernel: a 0-d CPU tensor");
   return x.item<double>() > 0.0;
+}
+
+// The number of chunks of `xs` holding an inf or NaN (0: all finite), as a float32 0-d
+// tensor: x - x is 0 for a finite x and NaN otherwise, so one read and no overflow.
+at::Tensor nonfinite(std::vector<at::Tensor> xs) {
+  for (const auto& x : xs)
+    TORCH_CHECK(x.device().is_cpu() && x.is_contiguous() &&
+                    (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+                "lrfree kernel: contiguous float32/float64 CPU tensors");
+  const auto chunks = chunks_of(xs);
+  std::vector<char> bad(chunks.size(), 0);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t ci = lo; ci < hi; ++ci) {
+      const Chunk ch = chunks[ci];
+      AT_DISPATCH_FLOATING_TYPES(xs[ch.tensor].scalar_type(), "lrfree_nonfinite", [&] {
+        using V = Vectorized<scalar_t>;
+        const scalar_t* x = xs[ch.tensor].data_ptr<scalar_t>();
+        V acc(scalar_t(0));
+        for (int64_t i = ch.begin; i < ch.end; i += V::size()) {
+          const V v = V::loadu(x + i, static_cast<int>(std::min<int64_t>(V::size(), ch.end - i)));
+          acc = acc + (v - v);
+        }
+        alignas(64) scalar_t buf[V::size()];
+        acc.store(buf);
+        for (int j = 0; j < V::size(); ++j) bad[ci] |= !std::isfinite(buf[j]);
+      });
+    }
+  });
+  int64_t count = 0;
+  for (char b : bad) count += b;
+  return at::full({}, static_cast<double>(count), at::kFloat);
 }

@@ -392,10 +392,19 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         wide = any(p.dtype == torch.float64 for g in self.param_groups for p in g["params"])
         return torch.float64 if wide else torch.float32
 
-    def _finite(self, buckets: list[Bucket], loss: Tensor | None) -> bool:
-        """Apply the non-finite policy; the one host sync of a step happens here."""
+    def _finite(self, buckets: list[Bucket], loss: Tensor | None,
+                bad: Tensor | None = None) -> bool:
+        """Apply the non-finite policy; the one host sync of a step happens here.
+
+        ``bad``: a 0-d tensor, > 0 where a gradient or the loss is not finite, when the
+        caller computed it (lrfree.kernels does, in one C++ read of the gradients). Such a
+        caller takes only steady-state steps, so ``_all_grads_zero`` (read by the step
+        that fixes N) is left as it is.
+        """
         if self._nonfinite == "unchecked":
             return True
+        if bad is not None:
+            return self._apply_policy(not bool(self._reduce([bad])[0]))
         device = self._device()
         # max |g| cannot overflow where a sum of squares of large finite values could, and
         # NaN propagates. On a CPU it is max(|min g|, |max g|): one vectorised read per
@@ -415,7 +424,11 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             torch.zeros((), device=device)
         bad, largest = torch.stack(self._reduce([bad, largest])).tolist()  # the one sync
         self._all_grads_zero = largest == 0
-        if not bad:
+        return self._apply_policy(not bad)
+
+    def _apply_policy(self, finite: bool) -> bool:
+        """The non-finite policy, given whether this step's gradients and loss are finite."""
+        if finite:
             return True
         if self._nonfinite == "raise":
             raise NonFiniteError(
