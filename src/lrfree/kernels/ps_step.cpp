@@ -396,11 +396,22 @@ at::Tensor nonfinite(std::vector<at::Tensor> xs) {
       AT_DISPATCH_FLOATING_TYPES(xs[ch.tensor].scalar_type(), "lrfree_nonfinite", [&] {
         using V = Vectorized<scalar_t>;
         const scalar_t* x = xs[ch.tensor].data_ptr<scalar_t>();
-        V acc(scalar_t(0));
-        for (int64_t i = ch.begin; i < ch.end; i += V::size()) {
-          const V v = V::loadu(x + i, static_cast<int>(std::min<int64_t>(V::size(), ch.end - i)));
+        constexpr int64_t W = V::size();
+        V acc(scalar_t(0)), acc1(scalar_t(0)), acc2(scalar_t(0)), acc3(scalar_t(0));
+        int64_t i = ch.begin;
+        for (; i + 4 * W <= ch.end; i += 4 * W) {  // four independent chains
+          const V v0 = V::loadu(x + i), v1 = V::loadu(x + i + W), v2 = V::loadu(x + i + 2 * W),
+                  v3 = V::loadu(x + i + 3 * W);
+          acc = acc + (v0 - v0);
+          acc1 = acc1 + (v1 - v1);
+          acc2 = acc2 + (v2 - v2);
+          acc3 = acc3 + (v3 - v3);
+        }
+        for (; i < ch.end; i += W) {
+          const V v = V::loadu(x + i, static_cast<int>(std::min<int64_t>(W, ch.end - i)));
           acc = acc + (v - v);
         }
+        acc = (acc + acc1) + (acc2 + acc3);
         alignas(64) scalar_t buf[V::size()];
         acc.store(buf);
         for (int j = 0; j < V::size(); ++j) bad[ci] |= !std::isfinite(buf[j]);
