@@ -124,9 +124,9 @@ def _cpp(optimizer: LRFreeOptimizer) -> LRFreeOptimizer:
             eager_step(loss=loss)
             return returned
         check = optimizer._loss_tensor(loss, optimizer._device())
-        bad = None if optimizer._nonfinite == "unchecked" else kernels.nonfinite(plan, check)
+        bad, sums = kernels.prepare(optimizer, plan, check, optimizer._nonfinite != "unchecked")
         if optimizer._finite(buckets, check, bad):  # the step's one host sync (if checked)
-            kernels.run(optimizer, plan, check)
+            kernels.run(optimizer, plan, check, sums)
         return returned
 
     optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]

@@ -139,22 +139,37 @@ def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]]
     return out
 
 
-def nonfinite(lists: dict[str, list[Tensor]], loss: Tensor | None) -> Tensor:
-    """A 0-d tensor, > 0 where a gradient of :func:`plan`'s lists or the loss is not finite:
-    the check of ``opt._finite`` as one C++ read of the gradients (the eager check's
-    min/max per tensor costs about two reads on a CPU)."""
-    bad = load().nonfinite(lists["g"])
-    if loss is not None:
+def prepare(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor | None,
+            check: bool) -> tuple[Tensor | None, Tensor | None]:
+    """What comes before the non-finite check, changing nothing: ``(bad, sums)`` with
+    ``bad`` a 0-d tensor > 0 where a gradient or the loss is not finite (None unless
+    ``check``), for ``opt._finite``, and ``sums`` what :func:`run` needs.
+
+    PSSPS: its first pass (``||g'||^2``, which writes nothing) also checks the gradients.
+    PSDASGD: the check is one C++ read of the gradients (the eager check's min/max per
+    tensor costs about two reads on a CPU).
+    """
+    kernel = load()
+    if opt.needs_loss:
+        sums = kernel.pssps_norm(lists["p"], lists["g"], lists["v"], lists["step"],
+                                 lists["hyper"][0], opt.param_groups[0]["estimate"]["alpha_norm"])
+        bad = sums[1].to(torch.float32) if check else None
+    else:
+        sums = None
+        bad = kernel.nonfinite(lists["g"]) if check else None
+    if bad is not None and loss is not None:
         bad = bad + (~torch.isfinite(loss)).to(bad.dtype)
-    return bad
+    return bad, sums
 
 
-def run(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor | None) -> None:
-    """Take the step with the kernel, from :func:`plan`'s lists (after the non-finite
-    check, which the caller ran)."""
+def run(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor | None,
+        sums: Tensor | None) -> None:
+    """Take the step with the kernel, from :func:`plan`'s lists and :func:`prepare`'s sums
+    (after the non-finite check, which the caller ran)."""
     est = opt.param_groups[0]["estimate"]
     if opt.needs_loss:
-        _pssps(opt, lists, est, loss)
+        assert sums is not None
+        _pssps(opt, lists, est, loss, sums)
     else:
         _psdasgd(opt, lists, est)
 
@@ -176,18 +191,15 @@ def _psdasgd(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]],
 
 
 def _pssps(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], est: dict[str, Tensor],
-           loss: Tensor | None) -> None:
+           loss: Tensor | None, sums: Tensor) -> None:
     assert loss is not None
     group0 = opt.param_groups[0]
     dtype = est["eta"].dtype
     norm = est["alpha_norm"]
-    kernel = load()
-    sq_norm_g = kernel.pssps_norm(lists["p"], lists["g"], lists["v"], lists["step"],
-                                  lists["hyper"][0], norm)[0].to(dtype)
-    eta = PolyakStep.update(est, loss.to(norm.device, dtype), sq_norm_g, group0["f_star"],
-                            group0["c"], group0["delta"], group0["cap_start"],
-                            group0["cap_growth"])
-    kernel.pssps_step(lists["p"], lists["g"], lists["m"], lists["v"], lists["step"],
+    eta = PolyakStep.update(est, loss.to(norm.device, dtype), sums[0].to(dtype),
+                            group0["f_star"], group0["c"], group0["delta"],
+                            group0["cap_start"], group0["cap_growth"])
+    load().pssps_step(lists["p"], lists["g"], lists["m"], lists["v"], lists["step"],
                       lists["hyper"][0], eta, norm)
     for group in opt.param_groups:
         group["effective_lr"] = eta * group["lr"] * norm

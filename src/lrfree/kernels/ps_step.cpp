@@ -166,17 +166,20 @@ T lr_of(double lam, double gamma, double norm) {
   return T(T(lam) * T(gamma)) * T(norm);
 }
 
+enum StepCount { kAdvance, kPeek };  // count this step (k += 1), or use k + 1 unchanged
+
 template <typename T>
 std::vector<Consts<T>> all_consts(const std::vector<at::Tensor>& steps, const at::Tensor& hyper,
-                                  double lam, double norm, bool advance) {
+                                  double lam, double norm, StepCount count) {
   const double* h = hyper.data_ptr<double>();
   std::vector<Consts<T>> cs;
   cs.reserve(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     T* k = steps[i].data_ptr<T>();
-    if (advance) *k += T(1);
+    if (count == kAdvance) *k += T(1);
+    const T step = count == kAdvance ? *k : *k + T(1);
     const double* row = h + i * kHyperSize;
-    cs.push_back(consts<T>(row, *k, lam, norm, lr_of<T>(lam, row[kGamma], norm)));
+    cs.push_back(consts<T>(row, step, lam, norm, lr_of<T>(lam, row[kGamma], norm)));
   }
   return cs;
 }
@@ -195,7 +198,7 @@ at::Tensor dasgd(std::vector<at::Tensor> p, std::vector<at::Tensor> g, std::vect
                  std::vector<at::Tensor> steps, at::Tensor hyper, double lam, double norm) {
   using V = Vectorized<T>;
   constexpr int W = V::size();
-  const auto cs = all_consts<T>(steps, hyper, lam, norm, true);
+  const auto cs = all_consts<T>(steps, hyper, lam, norm, kAdvance);
   const auto chunks = chunks_of(p);
   std::vector<double> partial(chunks.size() * 3, 0.0);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
@@ -259,16 +262,20 @@ at::Tensor dasgd(std::vector<at::Tensor> p, std::vector<at::Tensor> g, std::vect
   return out;
 }
 
-// ------------------------------------------------------- PSSPS, pass 1: v and ||g'||^2
+// ------------------------------------------- PSSPS, pass 1: ||g'||^2 and the check
+// Reads g and v (and p with coupled weight decay), writes nothing: v_k is recomputed in
+// pass 2, so the step can still be skipped after this pass. Returns (||g'||^2, the number
+// of chunks whose gradient holds an inf or NaN).
 template <typename T>
 at::Tensor sps_norm(std::vector<at::Tensor> p, std::vector<at::Tensor> g,
                     std::vector<at::Tensor> v, std::vector<at::Tensor> steps, at::Tensor hyper,
                     double norm) {
   using V = Vectorized<T>;
   constexpr int W = V::size();
-  const auto cs = all_consts<T>(steps, hyper, 0.0, norm, true);
+  const auto cs = all_consts<T>(steps, hyper, 0.0, norm, kPeek);
   const auto chunks = chunks_of(p);
   std::vector<double> partial(chunks.size(), 0.0);
+  std::vector<char> bad(chunks.size(), 0);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t ci = lo; ci < hi; ++ci) {
       const Chunk ch = chunks[ci];
@@ -277,37 +284,44 @@ at::Tensor sps_norm(std::vector<at::Tensor> p, std::vector<at::Tensor> g,
       T* gp = g[ch.tensor].data_ptr<T>();
       T* vp = v[ch.tensor].data_ptr<T>();
       LaneSum<T> sq;
+      V finite(T(0));  // stays 0 unless a gradient is inf or NaN (x - x)
       const V beta2(c.beta2), omb2(c.one_minus_beta2), eps_d(c.eps_d), wd(c.wd_coupled);
       for (int64_t i = ch.begin; i < ch.end; i += W) {
         const int n = static_cast<int>(std::min<int64_t>(W, ch.end - i));
-        V gv = V::loadu(gp + i, n), vv = V::loadu(vp + i, n);
+        V gv = V::loadu(gp + i, n);
+        finite = finite + (gv - gv);
         if (c.coupled) gv = gv + wd * V::loadu(pp + i, n);
-        vv = beta2 * vv + omb2 * (gv * gv);
-        vv.store(vp + i, n);
+        const V vv = beta2 * V::loadu(vp + i, n) + omb2 * (gv * gv);
         const V d = vv.sqrt() + eps_d;
         sq.add(gv * gv / d);
       }
       partial[ci] = sq.total();
+      alignas(64) T buf[W];
+      finite.store(buf);
+      for (int j = 0; j < W; ++j) bad[ci] |= !std::isfinite(buf[j]);
     }
   });
   std::vector<double> t_sq(p.size(), 0.0);
   for (size_t ci = 0; ci < chunks.size(); ++ci) t_sq[chunks[ci].tensor] += partial[ci];
-  auto out = at::zeros({1}, at::kDouble);
+  auto out = at::zeros({2}, at::kDouble);
+  double* o = out.data_ptr<double>();
   for (size_t i = 0; i < p.size(); ++i) {
     const double w = static_cast<double>(cs[i].q_weight);
-    out.data_ptr<double>()[0] += w * w * t_sq[i];
+    o[0] += w * w * t_sq[i];
   }
+  for (char b : bad) o[1] += b;
   return out;
 }
 
-// ------------------------------------------------------- PSSPS, pass 2: m and the step
+// ------------------------------------------------------- PSSPS, pass 2: the step
+// Counts the step and updates v, m and p (reads g, m, v, p; writes m, v, p).
 template <typename T>
 void sps_step(std::vector<at::Tensor> p, std::vector<at::Tensor> g, std::vector<at::Tensor> m,
               std::vector<at::Tensor> v, std::vector<at::Tensor> steps, at::Tensor hyper,
               double eta, double norm) {
   using V = Vectorized<T>;
   constexpr int W = V::size();
-  const auto cs = all_consts<T>(steps, hyper, eta, norm, false);
+  const auto cs = all_consts<T>(steps, hyper, eta, norm, kAdvance);
   const auto chunks = chunks_of(p);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t ci = lo; ci < hi; ++ci) {
@@ -317,17 +331,20 @@ void sps_step(std::vector<at::Tensor> p, std::vector<at::Tensor> g, std::vector<
       T* gp = g[ch.tensor].data_ptr<T>();
       T* mp = c.momentum ? m[ch.tensor].data_ptr<T>() : nullptr;
       T* vp = v[ch.tensor].data_ptr<T>();
-      const V eps_d(c.eps_d), wd(c.wd_coupled), decay(c.decay), p_scale(c.p_scale);
+      const V beta2(c.beta2), omb2(c.one_minus_beta2), eps_d(c.eps_d), wd(c.wd_coupled),
+          decay(c.decay), p_scale(c.p_scale);
       for (int64_t i = ch.begin; i < ch.end; i += W) {
         const int n = static_cast<int>(std::min<int64_t>(W, ch.end - i));
         V gv = V::loadu(gp + i, n), pv = V::loadu(pp + i, n);
         if (c.coupled) gv = gv + wd * pv;
+        const V vv = beta2 * V::loadu(vp + i, n) + omb2 * (gv * gv);
+        vv.store(vp + i, n);
         V dir = gv;
         if (c.momentum) {
           dir = lerp(V::loadu(mp + i, n), gv, c);
           dir.store(mp + i, n);
         }
-        const V d = V::loadu(vp + i, n).sqrt() + eps_d;
+        const V d = vv.sqrt() + eps_d;
         pv = pv * decay - p_scale * (dir / d);
         pv.store(pp + i, n);
       }
