@@ -115,28 +115,36 @@ def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]]
     dtype = buckets[0].params[0].dtype
     if dtype not in (torch.float32, torch.float64):
         return None
-    out: dict[str, list[Tensor]] = {k: [] for k in ("p", "g", "m", "v", "s", "step")}
+    ps: list[Tensor] = []
+    gs: list[Tensor] = []
+    ms: list[Tensor] = []
+    vs: list[Tensor] = []
+    ss: list[Tensor] = []
+    steps: list[Tensor] = []
     hyper: list[list[float]] = []
+    state = opt.state
     for b in buckets:
         group = b.group
         beta1, beta2 = group["betas"]
-        for i, (p, g) in enumerate(zip(b.params, b.grads)):
-            state = opt.state[b.keys[i]]
-            if "step" not in state:  # a first gradient: its state is created eagerly
+        for key, g in zip(b.keys, b.grads):
+            st = state[key]
+            if "step" not in st:  # a first gradient: its state is created eagerly
                 return None
-            m = state["m"] if beta1 > 0 else g
-            s = state["s"] if "s" in state else g
-            tensors = (p, g, m, state["v"], s)
-            if any(t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous()
-                   for t in tensors) or state["step"].dtype != dtype:
-                return None
-            for key, t in zip(("p", "g", "m", "v", "s"), tensors):
-                out[key].append(t)
-            out["step"].append(state["step"])
-            hyper.append([group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
-                          1.0 if group["decouple"] else 0.0])
-    out["hyper"] = [torch.tensor(hyper, dtype=torch.float64)]
-    return out
+            gs.append(g)
+            ms.append(st["m"] if beta1 > 0 else g)  # beta1 = 0: a placeholder, not read
+            vs.append(st["v"])
+            ss.append(st["s"] if "s" in st else g)  # PSSPS: a placeholder, not read
+            steps.append(st["step"])
+        ps += b.params
+        hyper += [[group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                   1.0 if group["decouple"] else 0.0]] * len(b.params)
+    # one flat test (this runs every step: ~0.2 us per tensor)
+    if not all(t.is_cpu and t.dtype is dtype and t.is_contiguous()
+               for t in (*ps, *gs, *ms, *vs, *ss)) or \
+            not all(k.is_cpu and k.dtype is dtype for k in steps):
+        return None
+    return {"p": ps, "g": gs, "m": ms, "v": vs, "s": ss, "step": steps,
+            "hyper": [torch.tensor(hyper, dtype=torch.float64)]}
 
 
 def prepare(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor | None,
