@@ -15,6 +15,7 @@
   or loss is skipped (or raises), as in eager.
 
 - A checkpoint loaded into a new kernel optimizer continues bitwise as the uninterrupted run.
+- Zero first gradients: the kernel waits (eager steps) until N and G0 are fixed.
 
 The generic (non-AVX) build was checked by running this file with
 ATEN_CPU_CAPABILITY=default. The whole file is skipped when the kernel cannot be built (no C++ compiler or ninja). The
@@ -295,3 +296,29 @@ def test_resume_from_state_dict(name, kernel_calls):
     assert len(kernel_calls) == 5 + 2 + 3
     for pa, pb in zip(net_a.parameters(), net_b.parameters()):
         assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("name", ["PSDASGD", "PSSPS"])
+@pytest.mark.parametrize("nonfinite", ["skip", "unchecked"])
+def test_zero_gradients_first(name, nonfinite, kernel_calls):
+    """Exactly zero gradients at the first two steps: N, G0 and the start wait for the
+    first non-zero gradient (with the check; unchecked, N is fixed at once); the kernel
+    takes over once they are fixed and the result is the eager one."""
+    cls = getattr(lrfree, name)
+    net_e = MixedNet()
+    net_k = copy.deepcopy(net_e)
+    opt_e = cls(groups(net_e), nonfinite=nonfinite)
+    opt_k = lrfree.fused(cls(groups(net_k), nonfinite=nonfinite), kernel="cpp")
+    for k in range(6):
+        for net, opt in ((net_e, opt_e), (net_k, opt_k)):
+            x, y = data(k)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            if k < 2:
+                for p in net.parameters():
+                    p.grad.zero_()
+            opt.step(loss=loss.detach())
+    # eager while N (and PSDASGD's G0) are not fixed; PSSPS unchecked fixes N at step 0
+    assert len(kernel_calls) == (5 if (name, nonfinite) == ("PSSPS", "unchecked") else 3)
+    assert max(max_differences(net_e, opt_e, net_k, opt_k).values()) <= RTOL[torch.float32]
