@@ -16,9 +16,10 @@ Supported, everything else takes the eager step unchanged (same result as withou
 - every parameter, gradient and state tensor a contiguous CPU tensor, all float32 or all
   float64 (bf16/fp16 parameters, mixed dtypes, channels-last or strided gradients fall back);
 - no sharding (``process_group`` / DTensor parameters fall back);
-- steady state: the first step (it fixes N, G0 and the start of the estimate), a step
-  where a parameter gets its first gradient, and, for PSDASGD, steps before the first
-  non-zero gradient, run eagerly.
+- steady state: the steps up to the one that fixes N (the first step, or with the
+  non-finite check the first with a non-zero gradient), for PSDASGD the steps until G0
+  and the start of the estimate are fixed, and a step where a parameter gets its first
+  gradient run eagerly.
 
 Per-group ``lr`` (schedulers), ``betas`` (``beta1 = 0`` included), ``eps``,
 ``weight_decay`` and ``decouple`` are supported, as are ``d_coef``, ``growth_rate`` and
