@@ -18,9 +18,9 @@
 - Zero first gradients: the kernel waits (eager steps) until N and G0 are fixed.
 
 The generic (non-AVX) build was checked by running this file with
-ATEN_CPU_CAPABILITY=default. The whole file is skipped when the kernel cannot be built (no C++ compiler or ninja). The
-first run builds it (~30 s on a loaded 2-core machine; cached in torch's extension
-directory after that).
+ATEN_CPU_CAPABILITY=default. The whole file is skipped when the kernel cannot be built (no
+C++ compiler or ninja). The first run builds it (~30 s on a loaded 2-core machine; cached
+in torch's extension directory after that).
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ import shutil
 
 import pytest
 import torch
+from test_speed_paths import MixedNet, count_host_syncs, data, relative
 from torch import nn
 from torch.utils.cpp_extension import is_ninja_available
 
 import lrfree
 from lrfree import kernels
-from test_speed_paths import MixedNet, count_host_syncs, data, relative
 
 _compiler = os.environ.get("CXX", "c++")
 if not (shutil.which(_compiler) and is_ninja_available()):  # pragma: no cover - the machine
@@ -148,8 +148,9 @@ def test_nonfinite_step_is_skipped(name, bad, kernel_calls):
     nan_at = 3 if bad != "loss" else None
     if bad == "loss":
         options = {}
-    net_e, opt_e, net_k, opt_k = train_pair(name, options, steps=6, nan_at=nan_at,
-                                            nan_value=value, nan_loss_at=3 if bad == "loss" else None)
+    net_e, opt_e, net_k, opt_k = train_pair(
+        name, options, steps=6, nan_at=nan_at, nan_value=value,
+        nan_loss_at=3 if bad == "loss" else None)
     assert opt_e.param_groups[0]["skipped_steps"] == opt_k.param_groups[0]["skipped_steps"] == 1
     assert len(kernel_calls) == 4
     assert max(max_differences(net_e, opt_e, net_k, opt_k).values()) <= RTOL[torch.float32]

@@ -134,7 +134,7 @@ def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]]
             gs.append(g)
             ms.append(st["m"] if beta1 > 0 else g)  # beta1 = 0: a placeholder, not read
             vs.append(st["v"])
-            ss.append(st["s"] if "s" in st else g)  # PSSPS: a placeholder, not read
+            ss.append(st.get("s", g))  # PSSPS: g as a placeholder, not read
             steps.append(st["step"])
         ps += b.params
         hyper += [[group["lr"], beta1, beta2, group["eps"], group["weight_decay"],

@@ -143,7 +143,8 @@ void check(const std::vector<std::vector<at::Tensor>>& lists, const at::Tensor& 
            const std::vector<at::Tensor>& steps) {
   const auto dtype = lists[0][0].scalar_type();
   TORCH_CHECK(hyper.scalar_type() == at::kDouble && hyper.is_contiguous() &&
-                  hyper.size(0) == static_cast<int64_t>(steps.size()) && hyper.size(1) == kHyperSize,
+                  hyper.size(0) == static_cast<int64_t>(steps.size()) &&
+                  hyper.size(1) == kHyperSize,
               "lrfree kernel: bad hyper-parameter table");
   for (const auto& list : lists) {
     TORCH_CHECK(list.size() == steps.size(), "lrfree kernel: tensor lists differ in length");
