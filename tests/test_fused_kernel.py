@@ -38,6 +38,7 @@ import lrfree
 from lrfree import kernels
 
 _compiler = os.environ.get("CXX", "c++")
+kernels.ensure_ninja_on_path()
 if not (shutil.which(_compiler) and is_ninja_available()):  # pragma: no cover - the machine
     pytest.skip(f"the C++ kernel cannot be built here: no C++ compiler ({_compiler}) or no "
                 "ninja (pip install lrfree[kernels])", allow_module_level=True)
@@ -323,3 +324,13 @@ def test_zero_gradients_first(name, nonfinite, kernel_calls):
     # eager while N (and PSDASGD's G0) are not fixed; PSSPS unchecked fixes N at step 0
     assert len(kernel_calls) == (5 if (name, nonfinite) == ("PSSPS", "unchecked") else 3)
     assert max(max_differences(net_e, opt_e, net_k, opt_k).values()) <= RTOL[torch.float32]
+
+
+def test_pip_ninja_is_put_on_path(monkeypatch):
+    """A venv's python run without activating the venv does not have the pip-installed
+    ninja on PATH (CI runs `.venv/bin/python -m pytest`); the loader adds its directory."""
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    kernels.ensure_ninja_on_path()
+    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+    assert is_ninja_available()

@@ -31,6 +31,8 @@ the result does not depend on the number of threads, and differs from the eager 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,14 +57,26 @@ INSTALL_HINT = ("it needs a C++ compiler (g++ or clang++) and ninja: install a c
 def _flags() -> list[str]:
     flags = ["-O3"]
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability == "AVX2":
+    # AVX-512 machines get the AVX2 build too: the AVX-512 variant has been compiled but
+    # never run (no such CPU was available), and a step is memory-bound at these widths.
+    if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    elif capability == "AVX512":
-        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
-                  "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     if sys.platform.startswith("linux"):
         flags.append("-fopenmp")
     return flags
+
+
+def ensure_ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the pip package (the ``kernels`` extra) installs it
+    next to the interpreter, which is not on PATH when a venv's python is run without
+    activating the venv. Put the package's directory on PATH then."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join(filter(None, [ninja.BIN_DIR, os.environ.get("PATH")]))
 
 
 def load(verbose: bool = False) -> Any:
@@ -73,6 +87,7 @@ def load(verbose: bool = False) -> Any:
     global _module
     if _module is not None:
         return _module
+    ensure_ninja_on_path()
     source = SOURCE.read_text()
     flags = _flags()
     digest = hashlib.sha256((source + " ".join(flags) + torch.__version__).encode()).hexdigest()
