@@ -265,14 +265,18 @@ def run_size(name: str, rounds: int, steps: int, fused: bool,
             "steps_per_round": steps, "optimizers": rows}
 
 
-def vgg_throughput(rounds: int, steps: int, batch: int, log: Callable[[str], None]) -> dict:
-    """Images/s of SmallVGG training on random 28x28 images, per optimizer, interleaved."""
+def vgg_throughput(rounds: int, steps: int, batch: int, log: Callable[[str], None],
+                   only: list[str] | None = None) -> dict:
+    """Images/s of SmallVGG training on random 28x28 images, per optimizer, interleaved
+    (``only`` as in :func:`run_size`; the C++ kernel rows are timed when it builds)."""
     from lrfree.bench.models import SmallVGG
 
     x_all = torch.randn(4 * batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     y_all = torch.randint(0, 10, (4 * batch,), generator=torch.Generator().manual_seed(3))
     runs = {}
-    for label, make in optimizer_factories(fused=False, cpp=False).items():
+    for label, make in optimizer_factories(fused=False, cpp=True).items():
+        if only and label not in REFERENCES and not any(word in label for word in only):
+            continue
         model = SmallVGG()
         runs[label] = (model, make(list(model.parameters())))
     rates: dict[str, list[float]] = {label: [] for label in runs}
@@ -404,7 +408,8 @@ def main() -> None:
     if not args.no_passes:
         result["passes"] = {"size": sizes[0], "optimizers": pass_counts(sizes[0])}
     if args.vgg_rounds > 0:
-        result["vgg"] = vgg_throughput(args.vgg_rounds, args.vgg_steps, 64, log)
+        result["vgg"] = vgg_throughput(args.vgg_rounds, args.vgg_steps, 64, log,
+                                       [w for w in args.only.split(",") if w])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "step_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "step_speed.md").write_text(markdown(result))
