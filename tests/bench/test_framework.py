@@ -12,7 +12,7 @@ import torch
 
 from lrfree.bench import optimizers as bench_opt
 from lrfree.bench.cli import main, parse_seeds
-from lrfree.bench.report import build_report, group, load_records
+from lrfree.bench.report import build_report, group, load_records, lr_free_ranks
 from lrfree.bench.runner import RunKey, run_one, run_suite
 from lrfree.bench.tasks import TASKS, get_task
 from lrfree.bench.tasks.convex import L2, LogRegTask, _problem, objective
@@ -210,3 +210,14 @@ def test_schedule_none_keeps_the_lr() -> None:
 def test_run_one_rejects_unknown_optimizer() -> None:
     with pytest.raises(KeyError):
         run_one(RunKey("logreg", "adam@fast", 0, "tiny"))
+
+
+def test_no_schedule_rows_are_shown_not_ranked(suite_dir) -> None:
+    """The `--schedule none` ablation rows appear in the tables but not in the LR-free
+    ranks, which compare every method as it is meant to be run."""
+    records = load_records(suite_dir)
+    ablation = [dict(r, schedule="none") for r in records if r["optimizer"] == "prodigy"]
+    task = group(records + ablation)["logreg"]
+    assert "prodigy (no sched)" in task.rows
+    ranks = lr_free_ranks(task)
+    assert "prodigy" in ranks and "prodigy (no sched)" not in ranks
