@@ -236,6 +236,8 @@ _FIXED: dict[str, OptimizerSpec] = {
               ("pssps-c0.2", "PSSPS", {"c": 0.2}),
               ("pssps-c1", "PSSPS", {"c": 1.0}),
               ("pssps-amsgrad", "PSSPS", {"scaling": "amsgrad"}),
+              # the cap reaches the Polyak step in ~48 steps instead of ~233 (short runs)
+              ("pssps-cap1.1", "PSSPS", {"cap_growth": 1.1}),
           ]],
     ]
 }
