@@ -177,6 +177,9 @@ def test_minilm_wordnet_tiny_is_finite_and_reproducible() -> None:
     assert all(math.isfinite(v) for v in log.train_loss)
     # Every parameter is trained, the 22.7M of the encoder included.
     assert sum(p.numel() for g in handles[0].optimizer.param_groups for p in g["params"]) > 2e7
+    # ... and only those the loss depends on (the unused pooler would reach the optimizers
+    # with a None gradient, which DoG and MomSPS do not skip)
+    assert all(p.grad is not None for g in handles[0].optimizer.param_groups for p in g["params"])
     second, log2, _ = _run(task, seed=0, lr=1e-4)
     assert second == first and log2.train_loss == log.train_loss
     assert _run(task, seed=1, lr=1e-4)[1].train_loss != log.train_loss

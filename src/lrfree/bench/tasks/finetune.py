@@ -114,6 +114,13 @@ class MiniLMClassifier(nn.Module):
         return self.head(pooled)
 
 
+def trained_parameters(model: MiniLMClassifier) -> list[nn.Parameter]:
+    """Every parameter the loss depends on: all but BERT's pooler, which the mean pooling
+    leaves unused (its gradient stays None; the optimizers that skip such parameters train
+    identically either way, and DoG and MomSPS, which do not, would crash)."""
+    return [p for name, p in model.named_parameters() if not name.startswith("encoder.pooler.")]
+
+
 @torch.no_grad()
 def accuracy(model: MiniLMClassifier, data: _Encoded) -> float:
     """Fraction of `data` classified correctly (model in eval mode: no dropout)."""
@@ -161,7 +168,7 @@ class MiniLMWordNetTask:
         head = build_seeded(lambda: nn.Linear(encoder.config.hidden_size, len(LEXNAMES)), seed)
         model = MiniLMClassifier(encoder, head)
         model.train()
-        handle = factory(model.parameters(), budget.steps)
+        handle = factory(trained_parameters(model), budget.steps)
         gen = torch.Generator().manual_seed(seed)
         n = train.labels.numel()
         order, cursor = torch.randperm(n, generator=gen), 0
