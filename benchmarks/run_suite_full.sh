@@ -17,4 +17,6 @@ run vit psdasgd,pssps,adam@3e-3,prodigy,sf-adamw,adam@1e-3,adam@1e-2
 run logreg ours,adam-sweep,adam@3e-2,adam@1e-1,peers,sgd-sweep,sgdm@3e-1,sgdm@1
 run simclr psdasgd,pssps,adam@3e-3,prodigy,sf-adamw,adam@1e-3,adam@1e-2
 run segmentation psdasgd,pssps,adam@1e-2,prodigy,sf-adamw,adam@3e-3,adam@3e-2,adam@1e-3
+# (stop 11) PS-DA-SGD started at the best Adam lr: what the warm-up costs
+run resnet20,vit,vgg,simclr psdasgd-start3e-3
 "$PY" -m lrfree.bench --report-only --budget full --out "$OUT"
