@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full budget for the two expensive tasks (benchmarks/results/full/): MiniLM fine-tuning and
-# SAC on Hopper, one seed (two for MiniLM's main rows), one lane, one thread, resumable
+# SAC on Hopper, one seed (two for MiniLM's main rows and SAC's best Adam and PS-DA-SGD), one lane, one thread, resumable
 # (finished runs are skipped).
 # Ordered so that an interrupted lane still leaves best-Adam candidates and our defaults.
 set -euo pipefail
@@ -15,4 +15,7 @@ run sac-hopper adam@3e-4,psdasgd,adam@1e-3,prodigy,adam@1e-4,sf-adamw,pssps
 "$PY" -m lrfree.bench --budget full --tasks minilm-wordnet \
     --optimizers adam@3e-4,psdasgd,prodigy,pssps,adam@1e-3 --seeds 0,1 --threads 1 \
     --out "$OUT" --no-plots
+# and for SAC's best Adam and PS-DA-SGD
+"$PY" -m lrfree.bench --budget full --tasks sac-hopper --optimizers adam@3e-4,psdasgd \
+    --seeds 0,1 --threads 1 --out "$OUT" --no-plots
 "$PY" -m lrfree.bench --report-only --budget full --out "$OUT"
