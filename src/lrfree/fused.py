@@ -64,13 +64,7 @@ def fused(optimizer: LRFreeOptimizer, *, kernel: str = "compile",
     def compiled_update(loss: torch.Tensor | None) -> None:
         eager_step(loss=loss)
 
-    @torch.no_grad()
-    def step(_self: Any, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
-        if closure is not None:
-            if loss is not None:
-                raise ValueError("pass either closure or loss=, not both")
-            with torch.enable_grad():
-                loss = closure()
+    def step(loss: Any) -> Any:
         returned = loss
         buckets = optimizer._gather()
         fresh = any("step" not in optimizer.state[k] for b in buckets for k in b.keys)
@@ -94,7 +88,23 @@ def fused(optimizer: LRFreeOptimizer, *, kernel: str = "compile",
             optimizer._nonfinite = policy
         return returned
 
-    # a bound method, as torch's LR schedulers expect when they wrap ``optimizer.step``
+    return _replace_step(optimizer, step)
+
+
+def _replace_step(optimizer: LRFreeOptimizer, fused_step: Callable[[Any], Any]
+                  ) -> LRFreeOptimizer:
+    """Install ``optimizer.step(closure=None, *, loss=None)``: the closure (if any) is
+    evaluated with grad enabled, then ``fused_step(loss)`` runs without grad. A bound
+    method, as torch's LR schedulers expect when they wrap ``optimizer.step``."""
+    @torch.no_grad()
+    def step(_self: Any, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
+        if closure is not None:
+            if loss is not None:
+                raise ValueError("pass either closure or loss=, not both")
+            with torch.enable_grad():
+                loss = closure()
+        return fused_step(loss)
+
     optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]
     return optimizer
 
@@ -107,13 +117,7 @@ def _cpp(optimizer: LRFreeOptimizer) -> LRFreeOptimizer:
     kernels.load()  # build now: a missing compiler is an error here, not at a later step
     eager_step = type(optimizer).step.__get__(optimizer)
 
-    @torch.no_grad()
-    def step(_self: Any, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
-        if closure is not None:
-            if loss is not None:
-                raise ValueError("pass either closure or loss=, not both")
-            with torch.enable_grad():
-                loss = closure()
+    def step(loss: Any) -> Any:
         returned = loss
         if optimizer.param_groups[0].get("averaged_in") or \
                 (optimizer.needs_loss and loss is None):
@@ -129,5 +133,4 @@ def _cpp(optimizer: LRFreeOptimizer) -> LRFreeOptimizer:
             kernels.run(optimizer, plan, check, sums)
         return returned
 
-    optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]
-    return optimizer
+    return _replace_step(optimizer, step)
