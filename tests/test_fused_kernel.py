@@ -30,7 +30,7 @@ import shutil
 
 import pytest
 import torch
-from test_speed_paths import MixedNet, count_host_syncs, data, relative
+from test_speed_paths import MixedNet, assert_host_syncs_per_step, data, relative
 from torch import nn
 from torch.utils.cpp_extension import is_ninja_available
 
@@ -177,15 +177,7 @@ def test_nonfinite_step_is_skipped(name, bad, kernel_calls):
 def test_host_syncs_per_step(name, nonfinite, expected, kernel_calls):
     net = MixedNet()
     opt = lrfree.fused(getattr(lrfree, name)(groups(net), nonfinite=nonfinite), kernel="cpp")
-    for step in range(4):  # the first (eager, state-creating) step included
-        x, y = data(step)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        loss = loss.detach()
-        with count_host_syncs() as calls:
-            opt.step(loss=loss)
-        assert len(calls) == expected, f"step {step}: {calls}"
+    assert_host_syncs_per_step(net, opt, 4, expected)  # the eager first step included
     assert len(kernel_calls) == 3
 
 

@@ -155,7 +155,13 @@ def test_host_syncs_per_step(name, foreach, nonfinite, expected):
     net = MixedNet()
     options = {"average": True} if name in ("PSDASGD", "PSSPS") else {}
     opt = getattr(lrfree, name)(groups(net), nonfinite=nonfinite, foreach=foreach, **options)
-    for step in range(3):  # the first step (state creation) included
+    assert_host_syncs_per_step(net, opt, 3, expected)
+
+
+def assert_host_syncs_per_step(net, opt, steps, expected):
+    """Train ``steps`` steps (the state-creating first one included) and assert that each
+    ``opt.step`` converts exactly ``expected`` tensors to Python values."""
+    for step in range(steps):
         x, y = data(step)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(net(x), y)
