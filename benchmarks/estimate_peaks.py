@@ -16,7 +16,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-METHODS = ("psdasgd", "psdasgd-start3e-3", "pssps", "prodigy", "dadapt-adam", "sf-adamw")
+METHODS = ("psdasgd", "psdasgd-start3e-3", "psdasgd-start1e-5", "psdasgd-start1e-4", "pssps",
+           "prodigy", "dadapt-adam", "sf-adamw")
 
 
 def main(folder: Path) -> None:
