@@ -221,3 +221,31 @@ def test_no_schedule_rows_are_shown_not_ranked(suite_dir) -> None:
     assert "prodigy (no sched)" in task.rows
     ranks = lr_free_ranks(task)
     assert "prodigy" in ranks and "prodigy (no sched)" not in ranks
+
+
+def _record(optimizer: str, lr: float, seed: int, metric: float | None) -> dict:
+    """A run record with just what the report reads (accuracy: higher is better)."""
+    return {"task": "toy", "metric": "test_acc", "higher_is_better": True,
+            "optimizer": optimizer, "optimizer_family": "adam", "lr": lr, "schedule": "cosine",
+            "seed": seed, "final_metric": metric, "diverged": metric is None,
+            "wall_time_s": 1.0}
+
+
+def test_an_lr_that_diverged_on_one_seed_is_not_the_best_of_the_sweep() -> None:
+    """The surviving seed of a half-diverged lr has the highest mean; it must still stand
+    below every lr that never diverged: in the best-Adam choice (the reference of every
+    ratio), the sweep summary and the table order."""
+    from lrfree.bench.report import task_table
+
+    records = [_record("adam@1e-2", 1e-2, 0, 0.9), _record("adam@1e-2", 1e-2, 1, None),
+               _record("adam@1e-3", 1e-3, 0, 0.7), _record("adam@1e-3", 1e-3, 1, 0.7),
+               _record("adam@1e-4", 1e-4, 0, 0.5), _record("adam@1e-4", 1e-4, 1, 0.5)]
+    task = group(records)["toy"]
+    assert task.best_of("adam").label == "adam@1e-3"
+    table = task_table(task)
+    assert "Ratio = mean / mean of best-tuned Adam (lr 0.001)." in table
+    order = [line.split("|")[1].strip() for line in table.splitlines()
+             if line.startswith("| adam@")]
+    assert order == ["adam@1e-3", "adam@1e-4", "adam@1e-2"]
+    assert ("best 0.7 (lr 0.001), median 0.5 (lr 0.0001), worst 0.9 (lr 0.01, 1/2 diverged)"
+            in table)

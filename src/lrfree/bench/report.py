@@ -60,10 +60,16 @@ class TaskResults:
             return -math.inf
         return value if self.higher_is_better else -value
 
+    def standing(self, row: Row) -> tuple[bool, float]:
+        """Sort key of a row, larger is better: a configuration that diverged on any seed
+        comes after every one that never did, whatever the mean of its surviving seeds (a
+        hand-tuner would not pick an lr that blew up on one seed)."""
+        return row.diverged() == 0, self.score(row.mean())
+
     def best_of(self, family: str) -> Row | None:
-        """The sweep member of `family` (scheduled runs only) with the best mean metric."""
+        """The sweep member of `family` (scheduled runs only) that stands highest."""
         members = [r for r in self.rows.values() if r.family == family and r.schedule != "none"]
-        return max(members, key=lambda r: self.score(r.mean()), default=None)
+        return max(members, key=self.standing, default=None)
 
 
 @dataclass
@@ -127,15 +133,21 @@ def _sweep_lines(task: TaskResults) -> list[str]:
         members = [r for r in task.rows.values() if r.family == family and r.schedule != "none"]
         if len(members) < 2:
             continue
-        ordered = sorted(members, key=lambda r: task.score(r.mean()), reverse=True)
+        ordered = sorted(members, key=task.standing, reverse=True)
         best, median, worst = ordered[0], ordered[len(ordered) // 2], ordered[-1]
         lrs = sorted(r.lr for r in members if r.lr is not None)
         edge = " **best lr is at the edge of the grid: widen the sweep**" if best.lr in (
             lrs[0], lrs[-1]) else ""
-        lines.append(f"- {title} sweep ({len(members)} lrs): best {_fmt(best.mean())} "
-                     f"(lr {best.lr:g}), median {_fmt(median.mean())} (lr {median.lr:g}), "
-                     f"worst {_fmt(worst.mean())} (lr {worst.lr:g}){edge}")
+        lines.append(f"- {title} sweep ({len(members)} lrs): best {_sweep_cell(best)}, "
+                     f"median {_sweep_cell(median)}, worst {_sweep_cell(worst)}{edge}")
     return lines
+
+
+def _sweep_cell(row: Row) -> str:
+    """`0.61 (lr 0.003)`, with the divergences when a seed diverged (its mean is then over
+    the seeds that did not)."""
+    diverged = f", {row.diverged()}/{len(row.runs)} diverged" if row.diverged() else ""
+    return f"{_fmt(row.mean())} (lr {row.lr:g}{diverged})"
 
 
 def task_table(task: TaskResults) -> str:
@@ -147,7 +159,7 @@ def task_table(task: TaskResults) -> str:
     if best_adam is not None:
         lines += [f"Ratio = mean / mean of best-tuned Adam (lr {best_adam.lr:g}).", ""]
     lines += [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
-    ordered = sorted(task.rows.values(), key=lambda r: (task.score(r.mean()), r.label),
+    ordered = sorted(task.rows.values(), key=lambda r: (*task.standing(r), r.label),
                      reverse=True)
     for row in ordered:
         reference = best_adam.mean() if best_adam is not None else math.nan
