@@ -61,8 +61,9 @@ def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, f
             part = torch.stack([torch.where(live, d, 0).sum(), d.sum()])
             if b.factors is not None:
                 part = part * b.factors[i]
-            sums = sums + torch.stack([part[0], live.sum(), part[1],
-                                       torch.tensor(d.numel())]).to(device, dtype)
+            count = torch.full((), d.numel(), device=part.device, dtype=part.dtype)
+            sums = sums + torch.stack([part[0], live.sum().to(part.dtype), part[1],
+                                       count]).to(device, dtype)
     live_sum, live_count, all_sum, all_count = reduce(list(sums.unbind()))
     est["alpha_norm"] = torch.where(live_count > 0, live_sum / live_count.clamp(min=1),
                                     all_sum / all_count.clamp(min=1))
