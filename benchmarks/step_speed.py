@@ -47,7 +47,11 @@ from torch.utils._pytree import tree_flatten
 
 import lrfree
 
-SIZES = {"1M": (128, 5, 1000), "10M": (256, 12, 4096), "50M": (512, 15, 8192)}
+SIZES = {"1M": (128, 5, 1000), "10M": (256, 12, 4096), "50M": (512, 15, 8192),
+         # the GPU sizes of issue 16 (GPT-2-small-like at 134M)
+         "12M": (384, 6, 4096), "134M": (768, 12, 64000), "570M": (1280, 26, 46000)}
+#: where the parameters, gradients and state live (``--device``)
+DEVICE = torch.device("cpu")
 OUT = Path(__file__).parent / "results" / "step_speed"
 
 
@@ -60,7 +64,7 @@ def transformer_params(width: int, depth: int, vocab: int, seed: int = 0) -> lis
                    (width,), (width,), (4 * width, width), (4 * width,), (width, 4 * width),
                    (width,)]
     shapes += [(width,), (width,)]
-    return [nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
+    return [nn.Parameter((torch.randn(s, generator=g) * 0.02).to(DEVICE)) for s in shapes]
 
 
 def optimizer_factories(fused: bool = True, cpp: bool = True
@@ -91,7 +95,14 @@ def optimizer_factories(fused: bool = True, cpp: bool = True
     }
     if not fused:
         factories = {k: v for k, v in factories.items() if not k.startswith("PS") or "fused" not in k}
-    if not cpp or not _cpp_available():
+    if DEVICE.type != "cpu":  # the C++ kernel is CPU-only; per-tensor loops are no GPU choice
+        factories = {k: v for k, v in factories.items()
+                     if "(cpp)" not in k and "(per-tensor)" not in k}
+        # without the non-finite check: no host sync at all (what GradScaler users run)
+        factories["PSDASGD (foreach, unchecked)"] = \
+            lambda p: lrfree.PSDASGD(p, nonfinite="unchecked")
+        factories["PSSPS (foreach, unchecked)"] = lambda p: lrfree.PSSPS(p, nonfinite="unchecked")
+    elif not cpp or not _cpp_available():
         factories = {k: v for k, v in factories.items() if "(cpp)" not in k}
     return factories
 
@@ -204,17 +215,28 @@ def state_bytes_per_param(opt: Any, params: list[nn.Parameter]) -> float:
 
 def time_steps(opt: Any, params: list[nn.Parameter], grads: list[list[torch.Tensor]],
                steps: int, cursor: list[int]) -> float:
-    """Median seconds of ``steps`` steps (gradients swapped in between, untimed)."""
-    loss = torch.tensor(1.0)
+    """Median seconds of ``steps`` steps (gradients swapped in between, untimed). On CUDA
+    each step is timed by CUDA events around it (GPU time, launch gaps included)."""
+    loss = torch.tensor(1.0, device=DEVICE)
     times = []
+    cuda = DEVICE.type == "cuda"
     for _ in range(steps):
         pool = grads[cursor[0] % len(grads)]
         cursor[0] += 1
         for p, g in zip(params, pool):
             p.grad = g
+        if cuda:
+            torch.cuda.synchronize()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
         start = time.perf_counter()
         opt.step(loss=loss) if isinstance(opt, lrfree.PSSPS) else opt.step()
-        times.append(time.perf_counter() - start)
+        if cuda:
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -227,7 +249,8 @@ def run_size(name: str, rounds: int, steps: int, fused: bool,
     params = transformer_params(width, depth, vocab)
     numel = sum(p.numel() for p in params)
     gen = torch.Generator().manual_seed(1)
-    grads = [[torch.randn(p.shape, generator=gen) * 1e-2 for p in params] for _ in range(4)]
+    grads = [[(torch.randn(p.shape, generator=gen) * 1e-2).to(DEVICE) for p in params]
+             for _ in range(4)]
     cursor = [0]
     opts = {}
     warmup = {}
@@ -366,6 +389,9 @@ def main() -> None:
                              "(comma list), beside the two AdamW references")
     parser.add_argument("--no-passes", action="store_true", help="skip the pass counts")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: the GPU sizes (12M,134M,570M unless --sizes), CUDA-event "
+                             "timing, no C++/VGG/pass-count rows; writes step_speed_cuda.*")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite step_speed.md from the saved step_speed.json")
     args = parser.parse_args()
@@ -373,6 +399,15 @@ def main() -> None:
         saved = json.loads((args.out / "step_speed.json").read_text())
         (args.out / "step_speed.md").write_text(markdown(saved))
         return
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
+        if args.sizes == parser.get_default("sizes"):
+            args.sizes = "12M,134M,570M"
+        args.vgg_rounds, args.no_passes = 0, True  # CPU-only parts
+        args.fused_sizes = args.fused_sizes if args.fused_sizes != "1M" else "none"
     torch.set_num_threads(1)
     torch.manual_seed(0)
     sizes = args.sizes.split(",")
@@ -391,8 +426,12 @@ def main() -> None:
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python " + " ".join(sys.argv),
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-                   f"{platform.system()} {platform.release()}, CPU only, shared".strip(),
+        "machine": (f"{platform.machine()} {platform.processor() or ''} "
+                    f"{platform.system()} {platform.release()}, CPU only, shared".strip()
+                    if DEVICE.type == "cpu" else
+                    f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), "
+                    f"{platform.machine()} {platform.system()}"),
+        "device": str(DEVICE),
         "threads": torch.get_num_threads(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "lrfree": lrfree.__version__, "dadaptation": version("dadaptation"),
@@ -410,9 +449,15 @@ def main() -> None:
     if args.vgg_rounds > 0:
         result["vgg"] = vgg_throughput(args.vgg_rounds, args.vgg_steps, 64, log,
                                        [w for w in args.only.split(",") if w])
+    if DEVICE.type == "cuda":
+        try:
+            result["versions"]["triton"] = version("triton")
+        except Exception:  # noqa: BLE001 - no triton: the fused rows fell back or are absent
+            result["versions"]["triton"] = None
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "step_speed.md").write_text(markdown(result))
+    stem = "step_speed" if DEVICE.type == "cpu" else "step_speed_cuda"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 
 
