@@ -28,7 +28,7 @@ def _ours_missing(name: str) -> str | None:
     if spec.family != "ours":
         return None
     class_name = {"psdasgd": "PSDASGD", "psdasgd-avg": "PSDASGD", "pssps": "PSSPS",
-                  "sps": "SPS", "dadaptsgd": "DAdaptSGD"}[name]
+                  "sps": "SPS", "dadaptsgd": "DAdaptSGD", "psdog": "PSDoG"}[name]
     cls = getattr(lrfree, class_name, None)
     if cls is None:
         return f"lrfree.{class_name} does not exist yet"

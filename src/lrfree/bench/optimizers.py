@@ -277,7 +277,7 @@ def get_spec(name: str) -> OptimizerSpec:
 
 def optimizer_names() -> list[str]:
     """Every registered configuration name."""
-    return list(dict.fromkeys(PRESETS["all"] + PRESETS["ablations"]))
+    return list(dict.fromkeys(PRESETS["all"] + list(_FIXED)))
 
 
 def expand(names: Iterable[str]) -> list[str]:

@@ -1,36 +1,53 @@
-"""One PNG per task: loss and metric curves, effective learning rates, spread over seeds."""
+"""One PNG per task: loss and metric curves, effective learning rates, spread over seeds.
+
+Every line has its own colour, line style and marker, so that overlapping lines stay
+apart in grey print too; every panel has axis labels and a legend, so that a figure reads
+without the report around it.
+"""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lrfree.bench.optimizers import cosine_multiplier
+from lrfree.bench.results import LR_FREE, TaskResults, mean_curve
 
 if TYPE_CHECKING:
-    from lrfree.bench.report import Row, TaskResults
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-# Ours solid, peers dashed, tuned baselines dotted: the family is readable without the legend.
+    from lrfree.bench.results import Row
+
+# Ours solid, peers dashed, tuned baselines dotted: the family reads from the line style;
+# markers tell apart the members of one family.
 LINESTYLE = {"ours": "-", "peer": "--"}
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*", "h", "p")
+# The methods whose effective lr is in SGD units (the others: in Adam units).
+SGD_UNITS = ("sps", "dadaptsgd", "dog", "momsps")
 
 
-def _style(row: Row, colors: dict[str, str]) -> dict[str, str]:
-    return {"color": colors[row.label], "ls": LINESTYLE.get(row.family, ":")}
-
-
-def _colors(task: TaskResults) -> dict[str, str]:
+def styles(task: TaskResults) -> dict[str, dict[str, Any]]:
+    """Label -> matplotlib line properties; no two labels share (line style, marker)."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab20"]
-    # tab20 comes in light/dark pairs: take the dark ones first so that neighbours differ.
-    return {label: cmap((2 * i) % 20 + (2 * i // 20) % 2)
-            for i, label in enumerate(sorted(task.rows))}
+    out: dict[str, dict[str, Any]] = {}
+    counters: dict[str, itertools.count] = {}
+    for i, label in enumerate(sorted(task.rows)):
+        ls = LINESTYLE.get(task.rows[label].family, ":")
+        marker = MARKERS[next(counters.setdefault(ls, itertools.count())) % len(MARKERS)]
+        # tab20 comes in light/dark pairs: take the dark ones first so that neighbours differ
+        out[label] = {"color": cmap((2 * i) % 20 + (2 * i // 20) % 2), "ls": ls,
+                      "marker": marker, "markersize": 4}
+    return out
 
 
 def _readable_subset(task: TaskResults) -> list[Row]:
     """Ours, the peers, and the best member of each hand-tuned sweep."""
-    rows = [r for r in task.rows.values() if r.family in ("ours", "peer")]
+    rows = [r for r in task.rows.values() if r.family in LR_FREE]
     for family in ("adam", "adam-avg", "sgd"):
         best = task.best_of(family)
         if best is not None:
@@ -38,33 +55,49 @@ def _readable_subset(task: TaskResults) -> list[Row]:
     return sorted(rows, key=lambda r: r.label)
 
 
-def _curve_panel(ax, rows: list[Row], colors: dict[str, str], x_key: str, y_key: str, title: str,
-                 log: bool) -> None:
-    """Mean over seeds with a min–max band; log scale when asked and every value is positive."""
-    from lrfree.bench.report import mean_curve
+def _legend_label(row: Row) -> str:
+    return f"{row.label} (best of sweep)" if row.family in ("adam", "adam-avg", "sgd") \
+        else row.label
 
-    positive = True
+
+def _curve_panel(ax: Axes, rows: list[Row], style: dict[str, dict[str, Any]], x_key: str,
+                 y_key: str, title: str, ylabel: str, log: bool) -> None:
+    """Mean over seeds, with a min–max band where a row has more than one seed; log scale
+    when asked and every value is positive."""
+    positive, banded = True, False
     for row in rows:
         x, mean, low, high = mean_curve(row.runs, x_key, y_key)
         if x.size == 0:
             continue
         positive = positive and bool(np.nanmin(low) > 0)
-        ax.plot(x, mean, label=row.label, lw=1.2, **_style(row, colors))
+        ax.plot(x, mean, label=_legend_label(row), lw=1.2,
+                markevery=max(1, x.size // 8), **style[row.label])
         if len(row.runs) > 1:
-            ax.fill_between(x, low, high, color=colors[row.label], alpha=0.15, lw=0)
+            banded = True
+            ax.fill_between(x, low, high, color=style[row.label]["color"], alpha=0.15, lw=0)
     if log and positive:
         ax.set_yscale("log")
-    ax.set_title(title)
+    seeds = {len(r.runs) for r in rows}
+    ax.set_title(title + (" (mean over seeds; band: min–max)" if banded else
+                          f" ({_seed_words(seeds)})"))
     ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6)
 
 
-def _lr_panel(ax, task: TaskResults, colors: dict[str, str]) -> None:
-    from lrfree.bench.report import mean_curve
+def _seed_words(counts: set[int]) -> str:
+    return "one seed" if counts == {1} else "mean over seeds"
 
-    for row in (r for r in task.rows.values() if r.family in ("ours", "peer")):
+
+def _lr_panel(ax: Axes, task: TaskResults, style: dict[str, dict[str, Any]]) -> None:
+    drawn = []
+    for row in sorted((r for r in task.rows.values() if r.family in LR_FREE),
+                      key=lambda r: r.label):
         x, mean, _, _ = mean_curve(row.runs, "steps", "effective_lr")
         if x.size and np.isfinite(mean).any():
-            ax.plot(x, mean, label=row.label, lw=1.2, **_style(row, colors))
+            ax.plot(x, mean, label=row.label, lw=1.2, markevery=max(1, x.size // 8),
+                    **style[row.label])
+            drawn.append(row.label)
     best = task.best_of("adam")
     if best is not None and best.lr is not None:
         steps = max((r["budget_detail"]["steps"] for r in best.runs), default=1)
@@ -72,21 +105,27 @@ def _lr_panel(ax, task: TaskResults, colors: dict[str, str]) -> None:
         if best.schedule == "cosine":
             grid = np.linspace(0, steps, 200)
             shape = cosine_multiplier(steps)
-            ax.plot(grid, [best.lr * shape(int(k)) for k in grid], "k--", lw=1,
+            ax.plot(grid, [best.lr * shape(int(k)) for k in grid], "k-.", lw=1,
                     label="best Adam lr × cosine")
     ax.set_yscale("log")
-    ax.set_title("effective lr (Adam units; sps, dadaptsgd, dog, momsps in SGD units)")
+    sgd = [m for m in drawn if m in SGD_UNITS]
+    title = "effective lr (Adam units"
+    title += f"; {', '.join(sgd)} in SGD units)" if sgd else ")"
+    ax.set_title(title)
     ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
     ax.legend(fontsize=6)
 
 
-def _spread_panel(ax, task: TaskResults) -> None:
+def _spread_panel(ax: Axes, task: TaskResults) -> None:
     rows = sorted(task.rows.values(), key=lambda r: task.score(r.mean()), reverse=True)
     for i, row in enumerate(rows):
         finals = row.finals()
-        ax.scatter([i] * len(finals), finals, s=10, color="C0")
+        ax.scatter([i] * len(finals), finals, s=10, color="C0",
+                   label="final value, one seed" if i == 0 else None)
         if finals:
-            ax.scatter([i], [float(np.mean(finals))], marker="_", s=200, color="C3")
+            ax.scatter([i], [float(np.mean(finals))], marker="_", s=200, color="C3",
+                       label="mean over seeds" if i == 0 else None)
         if row.diverged():
             ax.annotate(f"{row.diverged()} div", (i, 0), xycoords=("data", "axes fraction"),
                         fontsize=6, ha="center", color="C3", rotation=90)
@@ -94,28 +133,39 @@ def _spread_panel(ax, task: TaskResults) -> None:
     values = [v for r in rows for v in r.finals()]
     if not task.higher_is_better and values and min(values) > 0:
         ax.set_yscale("log")
-    ax.set_title(f"final {task.metric} per seed (best left)")
+    note = "; n div: n seeds diverged" if any(r.diverged() for r in rows) else ""
+    ax.set_title(f"final {task.metric} per seed (best left{note})")
+    ax.set_ylabel(f"final {task.metric}")
+    ax.legend(fontsize=6)
 
 
-def plot_task(task: TaskResults, path: Path) -> Path:
-    """Draw the task's 2x2 figure to `path` and return it."""
+def task_figure(task: TaskResults) -> Figure:
+    """The task's 2x2 figure: train loss, eval metric, effective lr, final values."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = _readable_subset(task)
-    colors = _colors(task)
+    style = styles(task)
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-    _curve_panel(axes[0, 0], rows, colors, "steps", "train_loss", "train loss (mean, min–max over seeds)",
+    _curve_panel(axes[0, 0], rows, style, "steps", "train_loss", "train loss", "train loss",
                  log=True)
-    _curve_panel(axes[0, 1], rows, colors, "eval_steps", "eval_metric", f"eval {task.metric}",
-                 log=not task.higher_is_better)
-    axes[0, 1].legend(fontsize=6)
-    _lr_panel(axes[1, 0], task, colors)
+    _curve_panel(axes[0, 1], rows, style, "eval_steps", "eval_metric", f"eval {task.metric}",
+                 task.metric, log=not task.higher_is_better)
+    _lr_panel(axes[1, 0], task, style)
     _spread_panel(axes[1, 1], task)
-    fig.suptitle(task.name)
+    direction = "higher" if task.higher_is_better else "lower"
+    fig.suptitle(f"{task.name}: {task.metric}, {direction} is better")
     fig.tight_layout()
+    return fig
+
+
+def plot_task(task: TaskResults, path: Path) -> Path:
+    """Draw the task's figure to `path` and return it."""
+    import matplotlib.pyplot as plt
+
+    fig = task_figure(task)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,74 +2,30 @@
 
 Nothing here reruns anything: `build_report(out)` reads every `*.json` under `out`, so a
 report can be rebuilt (or merged from several machines' files) at any time.
+
+The LR-free ranks compare like with like: the *compared* methods are the LR-free methods
+that ran on every task of the report, each task ranks them among themselves, and the mean
+is over every task. A method that ran on fewer tasks is listed apart, ranked among the
+compared methods plus itself on the tasks it ran, with its task count.
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
-import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from lrfree.bench import grid
+from lrfree.bench.results import (LR_FREE, SWEEPS, Row, TaskResults, group, load_records,
+                                  mean_curve)
 
-LR_FREE = ("ours", "peer")
-SWEEPS = (("adam", "Adam"), ("adam-avg", "Adam + average"), ("sgd", "SGD momentum"))
+__all__ = ["Report", "build_report", "compared_methods", "group", "load_records",
+           "lr_free_ranks", "mean_curve", "summary_table", "task_table"]
+
 TABLE_HEADER = ("| optimizer | family | seeds | mean ± std | ratio to best Adam | LR-free rank | "
-                "diverged | time/run (s) |")
-
-
-@dataclass
-class Row:
-    """All seeds of one optimizer configuration on one task."""
-
-    label: str
-    family: str
-    lr: float | None
-    schedule: str
-    runs: list[dict[str, Any]] = field(default_factory=list)
-
-    def finals(self) -> list[float]:
-        return [r["final_metric"] for r in self.runs if not r["diverged"]]
-
-    def diverged(self) -> int:
-        return sum(r["diverged"] for r in self.runs)
-
-    def mean(self) -> float:
-        finals = self.finals()
-        return statistics.fmean(finals) if finals else math.nan
-
-    def std(self) -> float:
-        finals = self.finals()
-        return statistics.stdev(finals) if len(finals) > 1 else 0.0
-
-
-@dataclass
-class TaskResults:
-    name: str
-    metric: str
-    higher_is_better: bool
-    rows: dict[str, Row] = field(default_factory=dict)
-
-    def score(self, value: float) -> float:
-        """Larger is better, diverged (nan) is worst."""
-        if not math.isfinite(value):
-            return -math.inf
-        return value if self.higher_is_better else -value
-
-    def standing(self, row: Row) -> tuple[bool, float]:
-        """Sort key of a row, larger is better: a configuration that diverged on any seed
-        comes after every one that never did, whatever the mean of its surviving seeds (a
-        hand-tuner would not pick an lr that blew up on one seed)."""
-        return row.diverged() == 0, self.score(row.mean())
-
-    def best_of(self, family: str) -> Row | None:
-        """The sweep member of `family` (scheduled runs only) that stands highest."""
-        members = [r for r in self.rows.values() if r.family == family and r.schedule != "none"]
-        return max(members, key=self.standing, default=None)
+                "diverged | time/run (s) | commit |")
 
 
 @dataclass
@@ -79,41 +35,44 @@ class Report:
     plots: list[Path]
 
 
-def load_records(out: Path) -> list[dict[str, Any]]:
-    """Every run record under `out` (temporary files of unfinished writes are ignored)."""
-    return [json.loads(p.read_text()) for p in sorted(out.rglob("*.json"))
-            if not p.name.startswith(".tmp-")]
-
-
-def _label(record: dict[str, Any]) -> str:
-    return record["optimizer"] + (" (no sched)" if record["schedule"] == "none" else "")
-
-
-def group(records: list[dict[str, Any]]) -> dict[str, TaskResults]:
-    """Records by task, then by row label."""
-    tasks: dict[str, TaskResults] = {}
-    for rec in records:
-        task = tasks.setdefault(rec["task"], TaskResults(rec["task"], rec["metric"],
-                                                         rec["higher_is_better"]))
-        label = _label(rec)
-        row = task.rows.setdefault(label, Row(label, rec["optimizer_family"], rec["lr"],
-                                              rec["schedule"]))
-        row.runs.append(rec)
-    return tasks
-
-
 def _fmt(value: float) -> str:
     if not math.isfinite(value):
         return "—"
     return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
 
 
-def lr_free_ranks(task: TaskResults) -> dict[str, float]:
-    """Mean over shared seeds of each LR-free method's rank (1 = best, diverged = last)."""
+def _lr_free_rows(task: TaskResults) -> list[Row]:
     # the no-schedule ablation rows are shown, not ranked: the rank compares the defaults
-    rows = [r for r in task.rows.values() if r.family in LR_FREE and r.schedule != "none"]
-    if not rows:
-        return {}
+    return [r for r in task.rows.values() if r.family in LR_FREE and r.schedule != "none"]
+
+
+def compared_methods(tasks: dict[str, TaskResults]) -> list[str]:
+    """The LR-free methods that ran on every task that has any LR-free run."""
+    sets = [{r.label for r in _lr_free_rows(t)} for t in tasks.values()]
+    sets = [s for s in sets if s]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def lr_free_ranks(task: TaskResults, compared: list[str] | None = None) -> dict[str, float]:
+    """Mean over shared seeds of each LR-free method's rank (1 = best, diverged = last).
+
+    With `compared`, the methods in it are ranked among themselves, and every other
+    LR-free method of the task among them plus itself (so that one extra method never
+    moves the others' ranks). Without it, all the task's LR-free methods are ranked
+    together.
+    """
+    rows = {r.label: r for r in _lr_free_rows(task)}
+    if compared is None:
+        return _ranks(task, list(rows.values())) if rows else {}
+    core = [rows[m] for m in compared if m in rows]
+    ranks = _ranks(task, core) if core else {}
+    for label, row in rows.items():
+        if label not in ranks:
+            ranks[label] = _ranks(task, [*core, row])[label]
+    return ranks
+
+
+def _ranks(task: TaskResults, rows: list[Row]) -> dict[str, float]:
     seeds = set.intersection(*({run["seed"] for run in r.runs} for r in rows))
     ranks: dict[str, list[int]] = defaultdict(list)
     for seed in sorted(seeds):
@@ -130,16 +89,20 @@ def lr_free_ranks(task: TaskResults) -> dict[str, float]:
 def _sweep_lines(task: TaskResults) -> list[str]:
     lines = []
     for family, title in SWEEPS:
-        members = [r for r in task.rows.values() if r.family == family and r.schedule != "none"]
+        members = task.sweep(family)
         if len(members) < 2:
             continue
         ordered = sorted(members, key=task.standing, reverse=True)
         best, median, worst = ordered[0], ordered[len(ordered) // 2], ordered[-1]
-        lrs = sorted(r.lr for r in members if r.lr is not None)
-        edge = " **best lr is at the edge of the grid: widen the sweep**" if best.lr in (
-            lrs[0], lrs[-1]) else ""
+        added = sorted(r.lr for r in members if r.extended() and r.lr is not None)
+        note = ""
+        if added:
+            note += (" — **extended by the grid-edge rule** (the best lr was at the edge) with "
+                     f"lr {', '.join(f'{lr:g}' for lr in added)}")
+        if grid.edge(task, family):
+            note += " **best lr is still at the edge of the grid: widen the sweep**"
         lines.append(f"- {title} sweep ({len(members)} lrs): best {_sweep_cell(best)}, "
-                     f"median {_sweep_cell(median)}, worst {_sweep_cell(worst)}{edge}")
+                     f"median {_sweep_cell(median)}, worst {_sweep_cell(worst)}{note}")
     return lines
 
 
@@ -150,10 +113,16 @@ def _sweep_cell(row: Row) -> str:
     return f"{_fmt(row.mean())} (lr {row.lr:g}{diverged})"
 
 
-def task_table(task: TaskResults) -> str:
+def _commits(runs: list[dict[str, Any]]) -> str:
+    """The short commit of each run (`+dirty`: uncommitted changes in the tree)."""
+    revs = sorted({(r.get("git") or "unknown") for r in runs})
+    return ", ".join(rev[:7] + ("+dirty" if rev.endswith("+dirty") else "") for rev in revs)
+
+
+def task_table(task: TaskResults, compared: list[str] | None = None) -> str:
     """One task's markdown section: a row per configuration plus the sweep summaries."""
     best_adam = task.best_of("adam")
-    ranks = lr_free_ranks(task)
+    ranks = lr_free_ranks(task, compared)
     direction = "higher" if task.higher_is_better else "lower"
     lines = [f"### {task.name} — {task.metric} ({direction} is better)", ""]
     if best_adam is not None:
@@ -169,26 +138,65 @@ def task_table(task: TaskResults) -> str:
         value = f"{_fmt(row.mean())} ± {_fmt(row.std())}" if row.finals() else "diverged"
         lines.append(f"| {row.label} | {row.family} | {len(row.runs)} | "
                      f"{value} | {_fmt(ratio)} | {rank} | "
-                     f"{row.diverged()}/{len(row.runs)} | {wall:.1f} |")
+                     f"{row.diverged()}/{len(row.runs)} | {wall:.1f} | {_commits(row.runs)} |")
     sweeps = _sweep_lines(task)
     return "\n".join(lines + ([""] + sweeps if sweeps else []))
 
 
-def summary_table(tasks: dict[str, TaskResults]) -> str:
-    """Mean LR-free rank across tasks and total divergences per LR-free method."""
+def mean_ranks(tasks: dict[str, TaskResults]) -> dict[str, tuple[float, int, int]]:
+    """LR-free method -> (mean rank, tasks ranked on, diverged runs), over the tasks it ran."""
+    compared = compared_methods(tasks)
     per_method: dict[str, list[float]] = defaultdict(list)
     diverged: dict[str, int] = defaultdict(int)
     for task in tasks.values():
-        for label, rank in lr_free_ranks(task).items():
+        for label, rank in lr_free_ranks(task, compared).items():
             per_method[label].append(rank)
             diverged[label] += task.rows[label].diverged()
-    if not per_method:
+    return {m: (statistics.fmean(v), len(v), diverged[m]) for m, v in per_method.items()}
+
+
+def summary_table(tasks: dict[str, TaskResults]) -> str:
+    """Mean LR-free rank, its task count and total divergences per LR-free method."""
+    ranks = mean_ranks(tasks)
+    if not ranks:
         return ""
-    lines = ["| LR-free method | tasks | mean rank | diverged runs |", "|---|---|---|---|"]
-    for label in sorted(per_method, key=lambda m: statistics.fmean(per_method[m])):
-        lines.append(f"| {label} | {len(per_method[label])} | "
-                     f"{statistics.fmean(per_method[label]):.2f} | {diverged[label]} |")
+    compared = compared_methods(tasks)
+    n_tasks = sum(1 for t in tasks.values() if _lr_free_rows(t))
+    lines = [f"Ranked among the {len(compared)} LR-free methods that ran on all {n_tasks} "
+             "tasks (1 = best; a diverged run ranks last).", "",
+             "| LR-free method | mean rank | tasks | diverged runs |", "|---|---|---|---|"]
+    lines += [f"| {m} | {ranks[m][0]:.2f} | {ranks[m][1]} | {ranks[m][2]} |"
+              for m in sorted(compared, key=lambda m: ranks[m][0])]
+    others = sorted(set(ranks) - set(compared), key=lambda m: (-ranks[m][1], ranks[m][0]))
+    if others:
+        lines += ["", f"Methods that ran on fewer tasks, each ranked among those "
+                  f"{len(compared)} plus itself on the tasks it ran:", "",
+                  "| LR-free method | mean rank | tasks | diverged runs |", "|---|---|---|---|"]
+        lines += [f"| {m} | {ranks[m][0]:.2f} | {ranks[m][1]} of {n_tasks} | {ranks[m][2]} |"
+                  for m in others]
     return "\n".join(lines)
+
+
+def _header(records: list[dict[str, Any]]) -> list[str]:
+    first = records[0]
+    commands = sorted({r["command"] for r in records})
+    versions, host = first["versions"], first["machine"]
+    budgets = ", ".join(sorted({r["budget"] for r in records}))
+    threads = ", ".join(str(t) for t in sorted({r["machine"]["torch_threads"] for r in records}))
+    devices = ", ".join(sorted({r.get("device", "cpu") for r in records}))
+    revs: dict[str, int] = defaultdict(int)
+    for r in records:
+        revs[r.get("git") or "unknown"] += 1
+    dirty = sum(n for rev, n in revs.items() if rev.endswith("+dirty"))
+    commits = ", ".join(f"{rev} ({n} runs)" for rev, n in sorted(revs.items()))
+    lines = [(f"Budget: {budgets}; {len(records)} runs; torch {versions.get('torch')}, "
+              f"lrfree {versions.get('lrfree')}; device: {devices}; machine: "
+              f"{host['platform']}, {host['cpu_count']} CPUs, {threads} torch threads."), "",
+             f"Commits (each table row names its own): {commits}."
+             + (f" {dirty} runs came from a tree with uncommitted changes (+dirty)."
+                if dirty else " Every run came from a clean commit."), "",
+             "Commands: " + "; ".join(f"`{c}`" for c in commands), ""]
+    return lines
 
 
 def build_report(out: Path, plots: bool = True) -> Report:
@@ -203,19 +211,11 @@ def build_report(out: Path, plots: bool = True) -> Report:
     if plots:
         from lrfree.bench.plots import plot_task
 
-        plot_paths = [plot_task(task, out / "plots" / f"{name}.png")
+        plot_paths = [plot_task(task, out / "plots" / f"{_file_name(name)}.png")
                       for name, task in sorted(tasks.items())]
     header = ["# lrfree benchmark report", ""]
     if records:
-        first = records[0]
-        commands = sorted({r["command"] for r in records})
-        versions, host = first["versions"], first["machine"]
-        budgets = ", ".join(sorted({r["budget"] for r in records}))
-        header += [(f"Budget: {budgets}; {len(records)} runs; torch {versions.get('torch')}, "
-                    f"lrfree {versions.get('lrfree')}, git {first.get('git')}; machine: "
-                    f"{host['platform']}, {host['cpu_count']} CPUs, "
-                    f"{host['torch_threads']} torch threads."), "",
-                   "Commands: " + "; ".join(f"`{c}`" for c in commands), ""]
+        header += _header(records)
     # Findings are written by people, from the tables below; kept beside the data so the
     # regenerated report carries them.
     notes = out / "notes.md"
@@ -224,12 +224,13 @@ def build_report(out: Path, plots: bool = True) -> Report:
     summary = summary_table(tasks)
     if summary:
         header += ["## Mean rank among LR-free methods", "", summary, ""]
+    compared = compared_methods(tasks)
     body = []
     for name, task in sorted(tasks.items()):
-        body += [task_table(task), ""]
-        plot = out / "plots" / f"{name}.png"
+        body += [task_table(task, compared), ""]
+        plot = out / "plots" / f"{_file_name(name)}.png"
         if plot in plot_paths:
-            body += [f"![{name}](plots/{name}.png)", ""]
+            body += [f"![{name}](plots/{plot.name})", ""]
     markdown = "\n".join(header + ["## Per task", ""] + body) if tasks else "No runs found.\n"
     path = out / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,17 +238,6 @@ def build_report(out: Path, plots: bool = True) -> Report:
     return Report(markdown, path, plot_paths)
 
 
-def mean_curve(runs: list[dict[str, Any]], x_key: str, y_key: str
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """x, mean, min, max over seeds on the steps every run reached (diverged runs end early)."""
-    curves = [(r["curves"][x_key], r["curves"][y_key]) for r in runs if r["curves"][x_key]]
-    if not curves:
-        empty = np.array([])
-        return empty, empty, empty, empty
-    length = min(len(x) for x, _ in curves)
-    ys = np.array([[math.nan if v is None else v for v in y[:length]] for _, y in curves])
-    with warnings.catch_warnings():
-        # Methods that expose no effective lr log NaN everywhere; that is not an error here.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return (np.array(curves[0][0][:length]), np.nanmean(ys, axis=0),
-                np.nanmin(ys, axis=0), np.nanmax(ys, axis=0))
+def _file_name(task: str) -> str:
+    """A task name as a file name (a user task is named `module:function`)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in task)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,24 @@ PACKAGES = ("torch", "numpy", "lrfree", "dadaptation", "prodigyopt", "schedulefr
 
 @dataclass(frozen=True)
 class RunKey:
-    """One benchmark run."""
+    """One benchmark run. `extension`: added by the grid-edge rule (recorded, not part of
+    the run's identity)."""
 
     task: str
     optimizer: str
     seed: int
     budget: str
     schedule: str = "cosine"
+    extension: bool = field(default=False, compare=False)
 
     def path(self, out: Path) -> Path:
         """Where this run's record lives under `out`."""
-        return out / self.task / f"{self.optimizer}.{self.schedule}.seed{self.seed}.json"
+        return out / safe_name(self.task) / f"{self.optimizer}.{self.schedule}.seed{self.seed}.json"
+
+
+def safe_name(task: str) -> str:
+    """A task name as a directory name (a user task is named `module:function`)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in task)
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +126,20 @@ def _threads(limit: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_one(key: RunKey, command: str | None = None) -> dict[str, Any]:
-    """Run one combination and return its record (does not write it)."""
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() "
+                         "is False); use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def run_one(key: RunKey, command: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Run one combination on `device` and return its record (does not write it)."""
     task = get_task(key.task)
     base_factory = make_factory(key.optimizer, key.schedule)
     built: list[OptimizerHandle] = []
@@ -141,7 +160,7 @@ def run_one(key: RunKey, command: str | None = None) -> dict[str, Any]:
     try:
         with _threads(getattr(task, "max_threads", None)):
             threads = torch.get_num_threads()
-            final = float(task.run(factory, key.seed, key.budget, log))
+            final = float(task.run(factory, key.seed, key.budget, log, device=torch.device(device)))
     except (Diverged, FloatingPointError) as exc:
         # FloatingPointError covers lrfree.NonFiniteError (a NaN loss/gradient refused).
         diverged, reason = True, f"{type(exc).__name__}: {exc}"
@@ -166,6 +185,8 @@ def run_one(key: RunKey, command: str | None = None) -> dict[str, Any]:
         "schedule": key.schedule,
         "schedule_applied": spec.scheduled and key.schedule != "none",
         "seed": key.seed,
+        "sweep_extension": key.extension,
+        "device": str(torch.device(device)),
         "budget": key.budget,
         "budget_detail": _budget_detail(task, key.budget),
         "final_metric": _finite_or_none(final),
@@ -209,11 +230,12 @@ class SuiteResult:
 
 
 def run_suite(keys: list[RunKey], out: Path, command: str | None = None,
-              progress: bool = True) -> SuiteResult:
-    """Run every key whose file is missing under `out`.
+              progress: bool = True, device: str = "cpu") -> SuiteResult:
+    """Run every key whose file is missing under `out`, on `device`.
 
     A run that fails with an error that is not divergence (a missing optional dependency, a
-    bug) writes no file, so a later call retries it; the others still run.
+    bug) writes no file, so a later call retries it; the others still run. A
+    KeyboardInterrupt stops the suite between two writes: every finished run is on disk.
     """
     from tqdm.auto import tqdm
 
@@ -230,7 +252,7 @@ def run_suite(keys: list[RunKey], out: Path, command: str | None = None,
     for key in bar:
         bar.set_postfix_str(f"{key.task} {key.optimizer} s{key.seed}")
         try:
-            record = run_one(key, command)
+            record = run_one(key, command, device)
         except Exception as exc:  # noqa: BLE001 - reported to the caller, never swallowed
             failures[key] = f"{type(exc).__name__}: {exc}"
             tqdm.write(f"FAILED {key.task} {key.optimizer} seed {key.seed}: {failures[key]}")

@@ -43,14 +43,24 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
+def is_user_task(name: str) -> bool:
+    """Whether `name` names the user's own task (`module:function`, `file.py:function`)."""
+    return ":" in name and name not in TASKS
+
+
 def get_task(name: str) -> Task:
-    """Import and construct the task registered under `name`.
+    """Import and construct the task registered under `name`, or the user task it names.
 
     Raises KeyError for an unknown name; an ImportError from the task's own module
     (a missing optional dependency) propagates unchanged so its message says what to install.
     """
+    if is_user_task(name):
+        from lrfree.bench.tasks.user import UserTask
+
+        return UserTask(name)
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}, or your own as "
+                       "module:function (see docs/your_model.md)")
     module_name, class_name = TASKS[name].target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls()

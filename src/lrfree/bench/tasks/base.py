@@ -110,9 +110,12 @@ class Task(Protocol):
 
     def budget(self, level: str) -> Budget: ...
 
-    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog) -> float:
+    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
+            device: torch.device | str = "cpu") -> float:
         """Train with a fresh optimizer from `factory` and return the final metric.
 
         Same seed => same initial weights and same data order, whatever the optimizer.
+        The model and each batch live on `device`; weights are initialised on the CPU
+        and moved, so a seed starts from the same weights on every device.
         """
         ...

@@ -96,23 +96,26 @@ class LogRegTask:
         _problem()
 
     def suboptimality(self, model: torch.nn.Linear) -> float:
-        """f(x) − f* of the full-batch objective, evaluated in float64."""
+        """f(x) − f* of the full-batch objective, evaluated in float64 on the CPU."""
         problem = _problem()
         with torch.no_grad():
-            value = objective(model.weight.double(), model.bias.double(), problem.features,
-                              problem.labels)
+            value = objective(model.weight.double().cpu(), model.bias.double().cpu(),
+                              problem.features, problem.labels)
         return float(value) - problem.f_star
 
-    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog) -> float:
+    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
+            device: torch.device | str = "cpu") -> float:
         """Mini-batch training from a seeded small random init; returns the final suboptimality."""
         budget = self.budget(level)
         problem = _problem()
-        features = problem.features.float()
+        features = problem.features.float().to(device)
+        labels = problem.labels.to(device)
         generator = torch.Generator().manual_seed(seed)
         model = torch.nn.Linear(features.shape[1], int(problem.labels.max()) + 1)
         with torch.no_grad():
             model.weight.normal_(0.0, 0.01, generator=generator)
             model.bias.zero_()
+        model.to(device)  # initialised on the CPU: the same start on every device
         handle = factory(model.parameters(), budget.steps)
         n = features.shape[0]
         order = torch.randperm(n, generator=generator)
@@ -124,9 +127,9 @@ class LogRegTask:
                 handle.train()
             if cursor + budget.batch_size > n:
                 order, cursor = torch.randperm(n, generator=generator), 0
-            index = order[cursor: cursor + budget.batch_size]
+            index = order[cursor: cursor + budget.batch_size].to(device)
             cursor += budget.batch_size
-            loss = objective(model.weight, model.bias, features[index], problem.labels[index])
+            loss = objective(model.weight, model.bias, features[index], labels[index])
             handle.zero_grad()
             loss.backward()
             handle.step(loss.detach())

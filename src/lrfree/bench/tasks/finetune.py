@@ -122,13 +122,15 @@ def trained_parameters(model: MiniLMClassifier) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def accuracy(model: MiniLMClassifier, data: _Encoded) -> float:
+def accuracy(model: MiniLMClassifier, data: _Encoded, device: torch.device | str = "cpu"
+             ) -> float:
     """Fraction of `data` classified correctly (model in eval mode: no dropout)."""
     correct = 0
     for start in range(0, data.labels.numel(), EVAL_BATCH):
         ids, mask, labels = data.batch(torch.arange(start, min(start + EVAL_BATCH,
                                                                 data.labels.numel())))
-        correct += int((model(ids, mask).argmax(-1) == labels).sum())
+        logits = model(ids.to(device), mask.to(device))
+        correct += int((logits.argmax(-1).cpu() == labels).sum())
     return correct / data.labels.numel()
 
 
@@ -151,22 +153,24 @@ class MiniLMWordNetTask:
         """Steps, batch, eval interval and subset sizes for `level` in tiny/quick/full."""
         return _BUDGETS[level]
 
-    def _evaluate(self, model: MiniLMClassifier, handle: OptimizerHandle, data: _Encoded) -> float:
+    def _evaluate(self, model: MiniLMClassifier, handle: OptimizerHandle, data: _Encoded,
+                  device: torch.device | str = "cpu") -> float:
         handle.eval()
         model.eval()
-        value = accuracy(model, data)
+        value = accuracy(model, data, device)
         model.train()
         handle.train()
         return value
 
-    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog) -> float:
-        """Fine-tune for the budget's steps; returns accuracy on the test subset."""
+    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
+            device: torch.device | str = "cpu") -> float:
+        """Fine-tune on `device` for the budget's steps; returns accuracy on the test subset."""
         budget = self.budget(level)
         train, test = _data(int(budget.extra["train_size"]), int(budget.extra["test_size"]),
                             self.data_dir)
         encoder = copy.deepcopy(_pretrained()[1])
         head = build_seeded(lambda: nn.Linear(encoder.config.hidden_size, len(LEXNAMES)), seed)
-        model = MiniLMClassifier(encoder, head)
+        model = MiniLMClassifier(encoder, head).to(device)
         model.train()
         handle = factory(trained_parameters(model), budget.steps)
         gen = torch.Generator().manual_seed(seed)
@@ -176,16 +180,17 @@ class MiniLMWordNetTask:
             torch.manual_seed(seed)
             for step in range(budget.steps):
                 if step % budget.eval_every == 0 and step > 0:
-                    log.evaluate(step, self._evaluate(model, handle, test))
+                    log.evaluate(step, self._evaluate(model, handle, test, device))
                 if cursor + budget.batch_size > n:
                     order, cursor = torch.randperm(n, generator=gen), 0
                 ids, mask, labels = train.batch(order[cursor:cursor + budget.batch_size])
                 cursor += budget.batch_size
-                loss = F.cross_entropy(model(ids, mask), labels)
+                loss = F.cross_entropy(model(ids.to(device), mask.to(device)),
+                                       labels.to(device))
                 handle.zero_grad()
                 loss.backward()
                 handle.step(loss.detach())
                 log.train_step(step, loss.detach(), handle)
-        final = self._evaluate(model, handle, test)
+        final = self._evaluate(model, handle, test, device)
         log.evaluate(budget.steps, final)
         return final

@@ -56,9 +56,12 @@ def is_eval_step(step: int, budget: Budget) -> bool:
     return step % budget.eval_every == 0 or step == budget.steps
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             device: torch.device | str = "cpu") -> float:
+    """Fraction of (x, y) classified correctly; batches move to `device` one at a time."""
     correct = sum(
-        int((model(x[i : i + EVAL_BATCH]).argmax(1) == y[i : i + EVAL_BATCH]).sum())
+        int((model(x[i : i + EVAL_BATCH].to(device)).argmax(1).cpu() == y[i : i + EVAL_BATCH])
+            .sum())
         for i in range(0, len(x), EVAL_BATCH)
     )
     return correct / len(x)
@@ -85,7 +88,10 @@ class FashionClassificationTask:
     def budget(self, level: str) -> Budget:
         return self.budgets[level]
 
-    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog) -> float:
+    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
+            device: torch.device | str = "cpu") -> float:
+        """Train on `device` (data stays on the CPU, where it is augmented, and moves there
+        one batch at a time); returns the final test accuracy."""
         budget = self.budget(level)
         x_train, y_train = load_fashion_mnist(
             "train", data_dir=self.data_dir, subset=budget.extra["train_size"]
@@ -93,14 +99,14 @@ class FashionClassificationTask:
         x_test, y_test = load_fashion_mnist(
             "test", data_dir=self.data_dir, subset=budget.extra["test_size"]
         )
-        model = build_seeded(self.build_model, seed)
+        model = build_seeded(self.build_model, seed).to(device)
 
         def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             xb = random_crop_flip(x_train[idx], gen) if self.augment else x_train[idx]
-            return F.cross_entropy(model(xb), y_train[idx])
+            return F.cross_entropy(model(xb.to(device)), y_train[idx].to(device))
 
         return train_loop(model, factory, budget, seed, log, len(x_train), batch_loss,
-                          lambda: accuracy(model, x_test, y_test))
+                          lambda: accuracy(model, x_test, y_test, device))
 
 
 def train_loop(model: nn.Module, factory: OptimizerFactory, budget: Budget, seed: int,

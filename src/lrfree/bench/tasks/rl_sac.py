@@ -102,12 +102,13 @@ class TwinQ(nn.Module):
 class ReplayBuffer:
     """Fixed-size store of transitions, large enough for the whole run (nothing is evicted)."""
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int) -> None:
-        self.obs = torch.zeros(capacity, obs_dim)
-        self.act = torch.zeros(capacity, act_dim)
-        self.reward = torch.zeros(capacity)
-        self.next_obs = torch.zeros(capacity, obs_dim)
-        self.terminated = torch.zeros(capacity)
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.act = torch.zeros(capacity, act_dim, device=device)
+        self.reward = torch.zeros(capacity, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.terminated = torch.zeros(capacity, device=device)
         self.size = 0
 
     def add(self, obs: torch.Tensor, act: torch.Tensor, reward: float,
@@ -118,7 +119,7 @@ class ReplayBuffer:
         self.size += 1
 
     def sample(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        index = torch.randint(0, self.size, (batch_size,), generator=gen)
+        index = torch.randint(0, self.size, (batch_size,), generator=gen).to(self.obs.device)
         return (self.obs[index], self.act[index], self.reward[index], self.next_obs[index],
                 self.terminated[index])
 
@@ -140,7 +141,7 @@ def _update(agent: _Agent, batch: tuple[torch.Tensor, ...], gen: torch.Generator
     obs, act, reward, next_obs, terminated = batch
     alpha = agent.log_alpha.detach().exp()
     with torch.no_grad():
-        next_act, next_logp = agent.actor(next_obs, torch.randn(act.shape, generator=gen))
+        next_act, next_logp = agent.actor(next_obs, _noise(act.shape, gen, act.device))
         q1_next, q2_next = agent.critic_target(next_obs, next_act)
         soft_value = torch.min(q1_next, q2_next) - alpha * next_logp
         target = reward + GAMMA * (1.0 - terminated) * soft_value
@@ -153,7 +154,7 @@ def _update(agent: _Agent, batch: tuple[torch.Tensor, ...], gen: torch.Generator
     # The actor's gradient reaches it through the critics' input only; frozen critic weights
     # skip their own (unused) gradients.
     agent.critic.requires_grad_(False)
-    new_act, logp = agent.actor(obs, torch.randn(act.shape, generator=gen))
+    new_act, logp = agent.actor(obs, _noise(act.shape, gen, act.device))
     q1_new, q2_new = agent.critic(obs, new_act)
     actor_loss = (alpha * logp - torch.min(q1_new, q2_new)).mean()
     agent.actor_handle.zero_grad()
@@ -172,6 +173,12 @@ def _update(agent: _Agent, batch: tuple[torch.Tensor, ...], gen: torch.Generator
     return critic_loss.detach()
 
 
+def _noise(shape: torch.Size | tuple[int, ...], gen: torch.Generator,
+           device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU generator (the same draws on every device)."""
+    return torch.randn(shape, generator=gen).to(device)
+
+
 def _make_env() -> Any:
     try:
         import gymnasium
@@ -182,12 +189,12 @@ def _make_env() -> Any:
     return gymnasium.make(ENV_ID)
 
 
-def _obs(x: Any) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=torch.float32)
+def _obs(x: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32, device=device)
 
 
 @torch.no_grad()
-def evaluate_policy(actor: Actor, episodes: int) -> float:
+def evaluate_policy(actor: Actor, episodes: int, device: torch.device | str = "cpu") -> float:
     """Mean return of the deterministic policy over `episodes` episodes with fixed reset seeds."""
     env = _make_env()
     returns = []
@@ -195,8 +202,8 @@ def evaluate_policy(actor: Actor, episodes: int) -> float:
         obs, _ = env.reset(seed=EVAL_SEED + i)
         total, done = 0.0, False
         while not done:
-            action, _ = actor(_obs(obs), None)
-            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            action, _ = actor(_obs(obs, device), None)
+            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -221,14 +228,17 @@ class SACHopperTask:
         """Environment steps, batch, eval interval and warm-up for `level` in tiny/quick/full."""
         return _BUDGETS[level]
 
-    def _evaluate(self, agent: _Agent, episodes: int) -> float:
+    def _evaluate(self, agent: _Agent, episodes: int, device: torch.device | str = "cpu"
+                  ) -> float:
         agent.actor_handle.eval()
-        value = evaluate_policy(agent.actor, episodes)
+        value = evaluate_policy(agent.actor, episodes, device)
         agent.actor_handle.train()
         return value
 
-    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog) -> float:
-        """Train SAC for the budget's environment steps; returns the final evaluation return."""
+    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
+            device: torch.device | str = "cpu") -> float:
+        """Train SAC for the budget's environment steps (networks and replay buffer on
+        `device`, the simulator on the CPU); returns the final evaluation return."""
         budget = self.budget(level)
         start_steps = int(budget.extra["start_steps"])
         episodes = int(budget.extra["eval_episodes"])
@@ -237,11 +247,11 @@ class SACHopperTask:
         act_dim = env.action_space.shape[0]
         nets = build_seeded(
             lambda: nn.ModuleDict({"actor": Actor(obs_dim, act_dim),
-                                   "critic": TwinQ(obs_dim, act_dim)}), seed)
+                                   "critic": TwinQ(obs_dim, act_dim)}), seed).to(device)
         actor, critic = nets["actor"], nets["critic"]
         critic_target = copy.deepcopy(critic).requires_grad_(False)
         updates = budget.steps - start_steps
-        log_alpha = torch.zeros((), requires_grad=True)
+        log_alpha = torch.zeros((), device=device, requires_grad=True)
         agent = _Agent(
             actor=actor, critic=critic, critic_target=critic_target,
             actor_handle=factory(actor.parameters(), updates),
@@ -249,25 +259,25 @@ class SACHopperTask:
             log_alpha=log_alpha, alpha_opt=torch.optim.Adam([log_alpha], lr=ALPHA_LR),
             target_entropy=-float(act_dim),
         )
-        buffer = ReplayBuffer(budget.steps, obs_dim, act_dim)
+        buffer = ReplayBuffer(budget.steps, obs_dim, act_dim, device)
         gen = torch.Generator().manual_seed(seed)
-        obs = _obs(env.reset(seed=seed)[0])
+        obs = _obs(env.reset(seed=seed)[0], device)
         for step in range(budget.steps):
             if step < start_steps:
-                action = torch.rand(act_dim, generator=gen) * 2.0 - 1.0
+                action = (torch.rand(act_dim, generator=gen) * 2.0 - 1.0).to(device)
             else:
                 with torch.no_grad():
-                    action, _ = actor(obs, torch.randn(act_dim, generator=gen))
-            next_obs, reward, terminated, truncated, _ = env.step(action.numpy())
-            next_obs = _obs(next_obs)
+                    action, _ = actor(obs, _noise((act_dim,), gen, obs.device))
+            next_obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
+            next_obs = _obs(next_obs, device)
             buffer.add(obs, action, float(reward), next_obs, terminated)
-            obs = _obs(env.reset()[0]) if terminated or truncated else next_obs
+            obs = _obs(env.reset()[0], device) if terminated or truncated else next_obs
             if step >= start_steps:
                 critic_loss = _update(agent, buffer.sample(budget.batch_size, gen), gen)
                 log.train_step(step, critic_loss, agent.critic_handle)
             if (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
-                log.evaluate(step + 1, self._evaluate(agent, episodes))
+                log.evaluate(step + 1, self._evaluate(agent, episodes, device))
         env.close()
-        final = self._evaluate(agent, episodes)
+        final = self._evaluate(agent, episodes, device)
         log.evaluate(budget.steps, final)
         return final

@@ -56,18 +56,21 @@ class UNetSegTask:
     def budget(self, level: str) -> Budget:
         return self.budgets[level]
 
-    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog) -> float:
+    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
+            device: torch.device | str = "cpu") -> float:
+        """Train on `device` (batches move there one at a time); returns the final mIoU."""
         budget = self.budget(level)
         x_train, y_train = generate_shapes(budget.extra["train_size"], TRAIN_SEED)
         x_test, y_test = generate_shapes(budget.extra["test_size"], TEST_SEED)
         model = build_seeded(lambda: UNet(in_channels=1, num_classes=NUM_CLASSES), seed)
+        model.to(device)
 
         def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             xb, yb = _flip(x_train[idx], y_train[idx], gen)
-            return F.cross_entropy(model(xb), yb)
+            return F.cross_entropy(model(xb.to(device)), yb.to(device))
 
         def evaluate() -> float:
-            pred = torch.cat([model(x_test[i : i + EVAL_BATCH]).argmax(1)
+            pred = torch.cat([model(x_test[i : i + EVAL_BATCH].to(device)).argmax(1).cpu()
                               for i in range(0, len(x_test), EVAL_BATCH)])
             return mean_iou(pred, y_test, NUM_CLASSES)
 

@@ -49,8 +49,8 @@ def nt_xent(z: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
     z = F.normalize(z, dim=1)
     n = z.shape[0]
     logits = z @ z.T / temperature
-    logits = logits.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
-    partner = torch.arange(n).roll(n // 2)
+    logits = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.arange(n, device=z.device).roll(n // 2)
     return F.cross_entropy(logits, partner)
 
 
@@ -81,8 +81,11 @@ def ridge_probe_accuracy(
     return float((pred == test_y).double().mean())
 
 
-def _features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([encoder(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+def _features(encoder: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu"
+              ) -> torch.Tensor:
+    """Encoder features of `x` (computed on `device`, returned on the CPU for the probe)."""
+    return torch.cat([encoder(x[i : i + EVAL_BATCH].to(device)).cpu()
+                      for i in range(0, len(x), EVAL_BATCH)])
 
 
 class SimCLRTask:
@@ -108,7 +111,10 @@ class SimCLRTask:
     def budget(self, level: str) -> Budget:
         return self.budgets[level]
 
-    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog) -> float:
+    def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
+            device: torch.device | str = "cpu") -> float:
+        """Pretrain on `device` (views augmented on the CPU, moved there per batch); returns
+        the final linear-probe accuracy."""
         budget = self.budget(level)
         extra = budget.extra
         x_train, _ = load_fashion_mnist("train", data_dir=self.data_dir, subset=extra["train_size"])
@@ -118,7 +124,7 @@ class SimCLRTask:
         x_test, y_test = load_fashion_mnist(
             "test", data_dir=self.data_dir, subset=extra["test_size"]
         )
-        model = build_seeded(SimCLRModel, seed)
+        model = build_seeded(SimCLRModel, seed).to(device)
         gen = data_generator(seed)
         batches = batch_indices(len(x_train), budget.batch_size, gen)
         handle = factory(model.parameters(), budget.steps)
@@ -126,7 +132,7 @@ class SimCLRTask:
         metric = float("nan")
         for step in range(1, budget.steps + 1):
             xb = x_train[next(batches)]
-            views = torch.cat([augment(xb, gen), augment(xb, gen)])
+            views = torch.cat([augment(xb, gen), augment(xb, gen)]).to(device)
             handle.zero_grad()
             loss = nt_xent(model(views))
             loss.backward()
@@ -135,9 +141,9 @@ class SimCLRTask:
             if is_eval_step(step, budget):
                 with evaluating(model, handle):
                     metric = ridge_probe_accuracy(
-                        _features(model.encoder, x_probe),
+                        _features(model.encoder, x_probe, device),
                         y_probe,
-                        _features(model.encoder, x_test),
+                        _features(model.encoder, x_test, device),
                         y_test,
                     )
                 log.evaluate(step, metric)
