@@ -120,8 +120,10 @@ def sq_norm_scaled(buckets: list[Bucket], norm: Tensor, device: torch.device,
     return total(parts, device, dtype)
 
 
-def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:
-    """x <- x (1 - lr * wd) - lr * m_hat / a, with ``lrs[id(group)]`` the Adam-equivalent lr.
+def apply_step(buckets: list[Bucket], lrs: list[Tensor]) -> None:
+    """x <- x (1 - lr * wd) - lr * m_hat / a, with ``lrs[i]`` bucket i's Adam-equivalent lr
+    (a list, not a dict keyed by ``id(group)``: Dynamo up to torch 2.11 cannot trace
+    ``id()`` of a dict, which broke ``lrfree.fused`` there).
 
     The bias correction, the factor of a and lr are one 0-d multiplier per tensor, folded
     into the denominators (which this consumes), so the step is one ``addcdiv``.
@@ -129,9 +131,9 @@ def apply_step(buckets: list[Bucket], lrs: dict[int, Tensor]) -> None:
     the decay factor first turns ``1 - 1e-5`` into 1 in bf16, and rounding the update
     before adding it rounds twice.
     """
-    for b in buckets:
+    for b, lr in zip(buckets, lrs):
         group = b.group
-        lr = lrs[id(group)].to(b.params[0].device)
+        lr = lr.to(b.params[0].device)
         beta1 = group["betas"][0]
         direction = b.states["m"] if beta1 > 0 else b.grads
         dtype = direction[0].dtype
@@ -213,7 +215,7 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
         """x <- x - gamma * step * N * m_hat / a for every group, then the average
         (weights average_scale^2 * k^p), and the observable effective_lr."""
         group0 = self.param_groups[0]
-        apply_step(buckets, {id(b.group): step * b.group["lr"] * norm for b in buckets})
+        apply_step(buckets, [step * b.group["lr"] * norm for b in buckets])
         if group0["average"]:
             averaging.update(est, [b.params for b in buckets],
                              [b.states["x_avg"] for b in buckets], average_scale,
