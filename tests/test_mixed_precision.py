@@ -247,3 +247,68 @@ def test_gradient_accumulation_equals_big_batch(name):
         opts[1].step(loss=total)
     torch.testing.assert_close(flat(nets[1]), flat(nets[0]), rtol=1e-12, atol=1e-14)
     assert (flat(nets[0]) - flat(make_net(torch.float64))).norm() > 1e-6
+
+
+# ---------------------------------------------------------------- PSDoG on bf16 parameters
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_psdog_low_precision_estimate_equals_float32(dtype):
+    """DoG's step grows only as far as the iterates move from x0, and its first steps
+    (reps_rel = 1e-6 of the parameter norm) are far below half a bf16 ulp: measured from
+    the rounded parameters the distance stayed 0, rbar stayed at r_eps and no parameter
+    ever moved. With the same gradients, the bf16 run's DoG scalars must equal those of a
+    float32 run from the same values.
+
+    Bound: x - x0 is formed at the parameters' magnitude (|x| ~ 1, float32 ulp 1.2e-7),
+    ~6e-8 per step over 40 steps, against a displacement of ~1e-3: 2.4e-3 relative at
+    most (measured 1.9e-4 bf16, 7e-5 fp16; before the fix rbar was 800x too small)."""
+    torch.manual_seed(3)
+    p16 = torch.randn(64, 8).to(dtype).requires_grad_()
+    p32 = p16.detach().float().requires_grad_()
+    opt16, opt32 = lrfree.PSDoG([p16]), lrfree.PSDoG([p32])
+    gen = torch.Generator().manual_seed(0)
+    start = p16.detach().clone()
+    for step in range(40):
+        grad = (torch.randn(64, 8, generator=gen) + 1).to(dtype)
+        p16.grad, p32.grad = grad.clone(), grad.float()
+        opt16.step()
+        opt32.step()
+        est16, est32 = opt16.param_groups[0]["estimate"], opt32.param_groups[0]["estimate"]
+        for key in ("rbar", "eta"):
+            assert float(est16[key]) == pytest.approx(float(est32[key]), rel=2.4e-3), (step, key)
+    assert float(est32["rbar"]) > 100 * float(est32["r_eps"])  # the estimate grew
+    assert p16.dtype == dtype and not torch.equal(p16.detach(), start)
+
+
+def test_psdog_bf16_linear_trains_like_float32():
+    """The reported case: nn.Linear(32, 4) in bf16 never moved under PSDoG (max |dw| = 0
+    after 50 steps). Regression, 200 steps: measured loss 1.384 (bf16) vs 1.400 (float32),
+    rbar 3.11 vs 3.05; before the fix the bf16 loss stayed at its start, 4.11, and rbar at
+    r_eps, 2.2e-6."""
+    def train(dtype):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(32, 4)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(256, 32, generator=gen)
+        y = x[:, :4] @ torch.randn(4, 4, generator=gen)
+        net, x, y = net.to(dtype), x.to(dtype), y.to(dtype)
+        start = [p.detach().clone() for p in net.parameters()]
+        opt = lrfree.PSDoG(net.parameters())
+        for step in range(200):
+            rows = slice(step * 32 % 256, step * 32 % 256 + 32)
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(net(x[rows]), y[rows])
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            full = float(torch.nn.functional.mse_loss(net(x).float(), y.float()))
+        moved = max(float((p.detach() - q).abs().max()) for p, q in zip(net.parameters(), start))
+        return full, moved, float(opt.param_groups[0]["estimate"]["rbar"])
+
+    loss16, moved16, rbar16 = train(torch.bfloat16)
+    loss32, moved32, rbar32 = train(torch.float32)
+    assert moved16 > 0.1 * moved32
+    # bf16 gradients differ from float32 ones by ~2^-9 relative per step: 10% is loose
+    # against that and tight against a step that never grows (loss 3x higher)
+    assert loss16 == pytest.approx(loss32, rel=0.1)
+    assert rbar16 == pytest.approx(rbar32, rel=0.1)
+

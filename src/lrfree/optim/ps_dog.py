@@ -1,6 +1,7 @@
 """PS-DoG: DoG (distance over gradients) run in the parameter-scaled space of Adam."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -39,6 +40,12 @@ class PSDoG(_scaled.ScaledSpaceOptimizer):
     Failure modes: the first steps are tiny (``reps_rel`` of the scaled parameter norm) and
     the accumulated gradient norm only grows, so without momentum of the iterates the step
     can decay too early on long runs; ``reps_rel`` sets the start.
+
+    bf16/fp16 parameters: those first steps are far below half an ulp and round away, so
+    the distance is measured from float32 state: ``x0`` absorbs each step's rounding error,
+    and ``x - x0`` is the sum of the float32 steps (the estimate tracks a float32 run).
+    This needs the default ``state_dtype="float32"``; with ``"param"`` x0 is bf16 too and
+    the step never grows on bf16 parameters.
     """
 
     _rule_state = ("x0",)
@@ -89,9 +96,36 @@ class PSDoG(_scaled.ScaledSpaceOptimizer):
         if first:
             est["r_eps"] = group0["reps_rel"] * (1.0 + torch.sqrt(x0_norm))
         eta = DoGStep.update(est, distance, sq_norm_g)
-        self._take_step(buckets, est, eta, norm, torch.ones_like(eta))
+        self._step_low_precision(buckets, est, eta, norm)
         for group in self.param_groups:
             group["dog_step"] = eta
+
+    def _step_low_precision(self, buckets: list[Bucket], est: dict[str, Tensor], eta: Tensor,
+                            norm: Tensor) -> None:
+        """Take the step; bf16/fp16 parameters with float32 state take it in float32 and
+        round once, and the rounding error goes into ``x0``.
+
+        DoG's step grows only as far as the iterates move from x0. The first steps are
+        ``reps_rel`` (1e-6) of the parameter norm, far below half a bf16 ulp (2^-9
+        relative): rounded, the parameters never move, the distance stays 0 and so does
+        the step. With ``x0 <- x0 + (round(x) - x)`` after each step, ``x - x0`` is the sum
+        of the float32 steps taken, so the distance grows as in float32 until the steps
+        are large enough to move the parameters.
+        """
+        masters: dict[int, list[Tensor]] = {}
+        stepped = []
+        for b in buckets:
+            if b.params[0].dtype in (torch.float16, torch.bfloat16) \
+                    and b.states["x0"][0].dtype == torch.float32:
+                masters[id(b)] = [p.float() for p in b.params]
+                b = dataclasses.replace(b, params=masters[id(b)])
+            stepped.append(b)
+        self._take_step(stepped, est, eta, norm, torch.ones_like(eta))
+        for b in buckets:
+            if id(b) in masters:
+                torch._foreach_copy_(b.params, masters[id(b)])
+                rounding = torch._foreach_sub([p.float() for p in b.params], masters[id(b)])
+                torch._foreach_add_(b.states["x0"], rounding)
 
 
 def _sq_norm_weighted(b: Bucket, xs: list[Tensor], dtype: torch.dtype) -> Tensor:
