@@ -6,9 +6,12 @@ without it; the other tests need only torch.
 """
 from __future__ import annotations
 
+import html
 import inspect
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +111,75 @@ def test_site_builds_strictly_with_report_and_plots(tmp_path):
     for src in images:
         assert (report.parent / src).resolve().is_file(), src
     assert not (site / "hooks.py").exists()
+    assert not external_resources(site)
+    formulas = _katex_failures(site)
+    assert formulas is None or formulas == [], formulas
+
+
+# A tag attribute or CSS reference that makes the browser fetch something; a plain
+# hyperlink (<a href>) is navigation, not a resource.
+RESOURCE = re.compile(r'<(?:script|img|iframe|source|audio|video|embed)\b[^>]*\ssrc="([^"]*)"'
+                      r'|<link\b[^>]*\shref="([^"]*)"', re.IGNORECASE)
+CSS_URL = re.compile(r'url\(\s*[\'"]?([^\'")]+)|@import\s+[\'"]([^\'"]+)')
+
+
+def _remote(url: str) -> bool:
+    return bool(re.match(r"(?:[a-z][a-z0-9+.-]*:)?//", url, re.IGNORECASE)) and \
+        not url.lower().startswith("data:")
+
+
+def external_resources(site: Path) -> list[str]:
+    """Every resource a page of the built site would load from another host: scripts,
+    stylesheets, images, fonts (also through CSS). The site must work with no network."""
+    found = []
+    for path in sorted(site.rglob("*")):
+        if path.suffix == ".html":
+            text = path.read_text(encoding="utf-8")
+            urls = [a or b for a, b in RESOURCE.findall(text)]
+        elif path.suffix == ".css":
+            text = path.read_text(encoding="utf-8")
+            urls = [a or b for a, b in CSS_URL.findall(text)]
+        else:
+            continue
+        found += [f"{path.relative_to(site)}: {u}" for u in urls if _remote(u)]
+    return found
+
+
+def test_external_resources_finds_a_cdn_script(tmp_path):
+    """The check above can fail: a page loading math from a CDN is caught."""
+    (tmp_path / "index.html").write_text(
+        '<a href="https://arxiv.org/abs/2401.03240">paper</a>'
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+        '<script src="assets/katex/katex.min.js"></script>')
+    (tmp_path / "a.css").write_text('@font-face{src:url(//fonts.example.org/x.woff2)}'
+                                    '.b{background:url(data:image/png;base64,AAAA)}')
+    assert external_resources(tmp_path) == [
+        "a.css: //fonts.example.org/x.woff2",
+        "index.html: https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"]
+
+
+def _katex_failures(site: Path) -> list[str] | None:
+    """Formulas of the built site that the bundled KaTeX cannot typeset (None: no node
+    to run it with)."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    formulas = []
+    for page in sorted(site.rglob("*.html")):
+        for match in re.finditer(r'<(span|div) class="arithmatex">(.*?)</\1>',
+                                 page.read_text(encoding="utf-8"), re.DOTALL):
+            formulas.append(html.unescape(re.sub(r"<[^>]+>", "", match.group(2))).strip())
+    assert len(formulas) > 50, "the pages' formulas were not found"
+    script = (
+        "const katex = require(process.argv[1]); const bad = [];"
+        "for (const tex of JSON.parse(require('fs').readFileSync(0, 'utf8'))) {"
+        "  try { katex.renderToString(tex.slice(2, -2), {throwOnError: true}); }"
+        "  catch (e) { bad.push(tex + ' : ' + e.message); } }"
+        "console.log(JSON.stringify(bad));")
+    done = subprocess.run([node, "-e", script, str(DOCS / "assets" / "katex" / "katex.min.js")],
+                          input=json.dumps(formulas), capture_output=True, text=True,
+                          timeout=120, check=True)
+    return json.loads(done.stdout)
 
 
 # --- the examples run ---------------------------------------------------------------------

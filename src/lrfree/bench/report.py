@@ -21,7 +21,7 @@ from lrfree.bench import grid
 from lrfree.bench.results import (LR_FREE, SWEEPS, Row, TaskResults, group, load_records,
                                   mean_curve)
 
-__all__ = ["Report", "build_report", "compared_methods", "group", "load_records",
+__all__ = ["Report", "build_report", "render_report", "compared_methods", "group", "load_records",
            "lr_free_ranks", "mean_curve", "summary_table", "task_table"]
 
 TABLE_HEADER = ("| optimizer | family | seeds | mean ± std | ratio to best Adam | LR-free rank | "
@@ -202,17 +202,30 @@ def _header(records: list[dict[str, Any]]) -> list[str]:
 def build_report(out: Path, plots: bool = True) -> Report:
     """Read every record under `out`, write `out/report.md` and `out/plots/*.png`.
 
-    A hand-written `out/notes.md` (the findings) is included after the header.
+    A hand-written `out/notes.md` (the findings) is included after the header. Without
+    `plots` the figures are not redrawn; those already in `out/plots` stay linked.
     """
     out = Path(out)
     records = load_records(out)
-    tasks = group(records)
     plot_paths: list[Path] = []
     if plots:
         from lrfree.bench.plots import plot_task
 
         plot_paths = [plot_task(task, out / "plots" / f"{_file_name(name)}.png")
-                      for name, task in sorted(tasks.items())]
+                      for name, task in sorted(group(records).items())]
+    markdown = render_report(out, records)
+    path = out / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown)
+    return Report(markdown, path, plot_paths)
+
+
+def render_report(out: Path, records: list[dict[str, Any]] | None = None) -> str:
+    """The report's Markdown for the records under `out` (read them when not given),
+    linking the figures found in `out/plots`; writes nothing."""
+    out = Path(out)
+    records = load_records(out) if records is None else records
+    tasks = group(records)
     header = ["# lrfree benchmark report", ""]
     if records:
         header += _header(records)
@@ -229,13 +242,9 @@ def build_report(out: Path, plots: bool = True) -> Report:
     for name, task in sorted(tasks.items()):
         body += [task_table(task, compared), ""]
         plot = out / "plots" / f"{_file_name(name)}.png"
-        if plot in plot_paths:
+        if plot.is_file():
             body += [f"![{name}](plots/{plot.name})", ""]
-    markdown = "\n".join(header + ["## Per task", ""] + body) if tasks else "No runs found.\n"
-    path = out / "report.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown)
-    return Report(markdown, path, plot_paths)
+    return "\n".join(header + ["## Per task", ""] + body) if tasks else "No runs found.\n"
 
 
 def _file_name(task: str) -> str:
