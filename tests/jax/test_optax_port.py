@@ -361,6 +361,147 @@ def test_bf16_params_keep_float32_state():
     assert state.d.dtype == jnp.float32
 
 
+# ---------------------------------------------------------------------- optax's wrappers
+def _optax_contrib_test(name):
+    """One of optax's own tests (optax/contrib/_common_test.py, shipped in the optax wheel)
+    as a plain function of (self, opt_name, opt_kwargs, wrapper_name, wrapper_kwargs), and
+    an instance to run it on. optax generates one method per optimizer of its own; each
+    wraps the same function (functools.wraps keeps it in ``__wrapped__``)."""
+    common = pytest.importorskip("optax.contrib._common_test")
+    cls = common.ContribTest
+    generated = [getattr(cls, attr) for attr in dir(cls) if attr.startswith(name)]
+    if not generated or not hasattr(generated[0], "__wrapped__"):
+        pytest.skip(f"optax {optax.__version__} has no parametrised {name}")
+    return common, generated[0].__wrapped__, cls()
+
+
+def test_optax_own_inject_hyperparams_test_passes_for_ps_dasgd(monkeypatch):
+    """optax's test of its contrib optimizers under inject_hyperparams, run verbatim on
+    ps_dasgd (not ps_sps: the test passes value= only to optimizers it knows by name)."""
+    import unittest
+
+    common, test, instance = _optax_contrib_test(
+        "test_optimizers_can_be_wrapped_in_inject_hyperparams")
+    monkeypatch.setattr(common.contrib, "ps_dasgd", ps_dasgd, raising=False)
+    try:
+        test(instance, opt_name="ps_dasgd", opt_kwargs=dict(learning_rate=1.0, weight_decay=0.1),
+             wrapper_name=None, wrapper_kwargs=None)
+    except unittest.SkipTest as skip:
+        pytest.fail(f"optax skipped ps_dasgd: {skip}")
+
+
+@pytest.mark.parametrize("make", [ps_dasgd, ps_sps], ids=["ps_dasgd", "ps_sps"])
+def test_learning_rate_schedule_is_visible_to_optax(make):
+    """optax's test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such
+    (optax/contrib/_common_test.py) skips an optimizer unless the annotation of
+    learning_rate is optax.ScalarOrSchedule or optax.Schedule (a string, as ``from
+    __future__ import annotations`` makes it, is neither); then it checks that
+    constant_schedule(1e-3) and 1e-3 give the same 10 steps on its parabola. The same here,
+    jitted (optax's loop runs eagerly: 13 s), at 0.5: 1e-3 times the default start of the
+    estimate leaves float32 parameters where they were."""
+    import inspect
+
+    annotation = inspect.signature(make).parameters["learning_rate"].annotation
+    assert annotation in (optax.ScalarOrSchedule, optax.Schedule)
+    target = jnp.array([1.0, -1.0, 1.0], jnp.float32)
+
+    def objective(w):
+        return jnp.sum((w - target) ** 2)
+
+    def run(learning_rate):
+        opt = make(learning_rate=learning_rate, weight_decay=0.1)
+
+        @jax.jit
+        def step(w, state):
+            value, grads = jax.value_and_grad(objective)(w)
+            updates, state = opt.update(grads, state, w, value=value)
+            return optax.apply_updates(w, updates), state
+
+        w = jnp.array([-1.0, 10.0, 1.0], jnp.float32)
+        state = opt.init(w)
+        for _ in range(10):
+            w, state = step(w, state)
+        return w
+
+    with_schedule, with_float = run(optax.constant_schedule(0.5)), run(0.5)
+    assert float(jnp.max(jnp.abs(with_float - jnp.array([-1.0, 10.0, 1.0])))) > 0
+    assert jnp.array_equal(with_schedule, with_float)
+
+
+INJECTED = {  # a non-default value of every numeric option, and the options they need
+    ps_dasgd: [dict(learning_rate=0.7, eps=1e-6, weight_decay=0.1, d0_lr=1e-3, d_coef=0.5,
+                    growth_rate=1.5, average=True, average_power=4.0),
+               dict(weight_decay=0.1, decouple=False, d0=1e-3, scaling="amsgrad")],
+    ps_sps: [dict(learning_rate=0.7, weight_decay=0.1, c=0.3, f_star=0.1, delta=1e-6,
+                  cap_start=0.1, cap_growth=1.1, average=True, average_power=4.0),
+             dict(weight_decay=0.1, decouple=False, alpha_norm="running")],
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("make", [ps_dasgd, ps_sps], ids=["ps_dasgd", "ps_sps"])
+def test_inject_hyperparams_equals_the_plain_transformation(make, dtype):
+    """optax.inject_hyperparams passes every numeric option as a 0-d array (a tracer
+    under jit): 8 jitted steps give bitwise the updates and state of the same options as
+    Python numbers; and a hyperparameter changed in the injected state is the one used (the
+    run then equals the plain transformation built with the new value)."""
+    params = jax.tree.map(lambda p: p.astype(dtype), PARAMS)
+
+    def run(opt, state, steps, start=0):
+        update = jax.jit(opt.update)
+        trace, p = [], params
+        for k in range(start, start + steps):
+            grads = jax.tree.map(lambda g: g.astype(dtype), _grads(params, k))
+            updates, state = update(grads, state, p, value=jnp.asarray(3.0 / (k + 1), dtype))
+            p = optax.apply_updates(p, updates)
+            trace.append((updates, getattr(state, "inner_state", state)))
+        return trace, state
+
+    for kwargs in INJECTED[make][:2 if dtype == jnp.float64 else 1]:
+        injected = optax.inject_hyperparams(make)(**kwargs)
+        ours, _ = run(injected, jax.jit(injected.init)(params), 8)
+        theirs, _ = run(make(**kwargs), make(**kwargs).init(params), 8)
+        assert jax.tree.all(jax.tree.map(jnp.array_equal, ours, theirs))
+    if dtype != jnp.float64:
+        return
+
+    # changed after init (weight decay does not enter the initial state)
+    changed = dict(weight_decay=0.1, **({"d_coef": 0.5} if make is ps_dasgd else {"c": 0.3}))
+    injected = optax.inject_hyperparams(make)()
+    state = jax.jit(injected.init)(params)
+    state.hyperparams.update({k: jnp.asarray(v, dtype) for k, v in changed.items()})
+    ours, _ = run(injected, state, 6)
+    theirs, _ = run(make(**changed), make(**changed).init(params), 6)
+    default, _ = run(make(), make().init(params), 6)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, ours, theirs))
+    assert not jax.tree.all(jax.tree.map(jnp.array_equal, ours, default))  # the control
+
+
+def test_inject_hyperparams_and_schedule_misuse_are_clear_errors():
+    params = PARAMS
+    injected = optax.inject_hyperparams(ps_dasgd)()
+    state = jax.jit(injected.init)(params)
+    # under jit the injected weight_decay=0 is a tracer: it may be non-zero
+    with pytest.raises(ValueError, match="^params is required.*static_args='weight_decay'"):
+        jax.jit(injected.update)(_grads(params, 0), state)
+    static = optax.inject_hyperparams(ps_dasgd, static_args="weight_decay")()
+    updates, _ = jax.jit(static.update)(_grads(params, 0), jax.jit(static.init)(params))
+    assert float(jnp.abs(updates["w"]).max()) > 0  # ... and that is the way out
+    # only learning_rate takes a schedule; the message names the wrapper for the others
+    for make, name in ((ps_dasgd, "weight_decay"), (ps_dasgd, "d_coef"), (ps_sps, "c"),
+                       (ps_sps, "eps")):
+        with pytest.raises(ValueError, match=f"^{name}=.*optax.inject_hyperparams"):
+            make(**{name: optax.constant_schedule(0.1)})
+    # arrays are checked like numbers when their value is known
+    with pytest.raises(ValueError, match="^eps=-1.0 is invalid"):
+        ps_dasgd(eps=jnp.asarray(-1.0))
+    with pytest.raises(ValueError, match="^cap_growth=0.5 is invalid"):
+        ps_sps(cap_growth=np.float32(0.5))
+    with pytest.raises(ValueError, match="^learning_rate is invalid: it must be a number or a "
+                                         "0-d array"):
+        ps_sps(learning_rate=jnp.ones(2))
+
+
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("make,kwargs,name", [
     (ps_dasgd, dict(learning_rate=-1.0), "learning_rate"),

@@ -1,5 +1,6 @@
 """PS-DA-SGD for optax: D-Adaptation SGD run in the parameter-scaled space of Adam."""
-from __future__ import annotations
+# No ``from __future__ import annotations``: optax reads the annotation of learning_rate
+# (``optax.ScalarOrSchedule``) to know that a schedule is accepted; a string hides it.
 
 from typing import Any, NamedTuple
 
@@ -150,9 +151,16 @@ def ps_dasgd(
     ``effective_lr`` without a schedule: use one, or ``scaling="amsgrad"``.
     """
     opts = _scaled.check_options(learning_rate, betas, eps, weight_decay, decouple, scaling,
-                                 alpha_norm, average, average_power, skip_nonfinite)
-    d0, d0_lr = check_dadapt_start(d0, d0_lr, d_coef, growth_rate)
-    needs_params = average or weight_decay != 0
+                                 alpha_norm, average, average_power, skip_nonfinite,
+                                 "ps_dasgd")
+    checked = [_scaled.checkable(name, value, 1.0, "ps_dasgd") for name, value in
+               (("d0", d0), ("d0_lr", d0_lr), ("d_coef", d_coef), ("growth_rate", growth_rate))]
+    start, start_lr = check_dadapt_start(*checked)
+    # the resolved default start, or the option as given (a 0-d array stays one)
+    d0 = start if d0 is None else d0
+    d0_lr = start_lr if d0_lr is None else d0_lr
+    # a traced weight_decay (inject_hyperparams under jit) may be non-zero: params needed
+    needs_params = average or _scaled.known(weight_decay) != 0
 
     def init_fn(params: Any) -> PSDASGDState:
         dtype = _scaled.scalar_dtype(params)
@@ -166,7 +174,10 @@ def ps_dasgd(
         del extra_args  # accepted so ps_dasgd and ps_sps are called the same way
         if needs_params and params is None:
             raise ValueError("params is required by ps_dasgd with weight_decay or "
-                             "average=True: call opt.update(grads, state, params)")
+                             "average=True: call opt.update(grads, state, params). (Under "
+                             "optax.inject_hyperparams and jit a weight_decay of 0 is not "
+                             "known to be 0: pass params, or inject_hyperparams(ps_dasgd, "
+                             "static_args='weight_decay').)")
         dtype = _scaled.scalar_dtype(updates)
         gamma = _scaled.learning_rate_at(opts, state.count, dtype)
         return _scaled.guarded(lambda: step(updates, state, params, gamma, dtype), updates,
@@ -174,10 +185,13 @@ def ps_dasgd(
 
     def step(grads: Any, state: PSDASGDState, params: Any, gamma: jax.Array,
              dtype: Any) -> tuple[Any, PSDASGDState]:
-        space, fields = _scaled.enter_scaled_space(grads, params, state, opts, dtype)
+        opts_k = _scaled.options_at_dtype(opts, dtype)
+        start_lr, coef, growth = (_scaled.at_dtype(v, dtype) for v in (d0_lr, d_coef,
+                                                                       growth_rate))
+        space, fields = _scaled.enter_scaled_space(grads, params, state, opts_k, dtype)
         sq_norm_g = _scaled.tree_dot(space.scaled, space.scaled, dtype)
         d, live_count = state.d, state.live_count
-        if d0_lr is not None:
+        if start_lr is not None:
             # d_1 = d0_lr sqrt(n): with Adam's a_1 = |g_1| over the n elements with a
             # non-zero gradient, G0 = N sqrt(n), so the first effective lr d N / G0 is d0_lr,
             # invariant to the scale of alpha. Set at the step that fixes G0 (the first
@@ -185,7 +199,8 @@ def ps_dasgd(
             live = [jnp.sum(g != 0, dtype=dtype) for g in jax.tree.leaves(space.grads)]
             live_count = jnp.where(space.first, sum(live, _scaled.scalar(0.0, dtype)),
                                    live_count)
-            d = jnp.where(state.grad_norm0 > 0, d, d0_lr * jnp.sqrt(jnp.maximum(live_count, 1)))
+            d = jnp.where(state.grad_norm0 > 0, d,
+                          start_lr * jnp.sqrt(jnp.maximum(live_count, 1)))
         # G0 waits for the first non-zero gradient; until then no step (not d / 0)
         g0 = jnp.where(state.grad_norm0 > 0, state.grad_norm0, jnp.sqrt(sq_norm_g))
         ema = state.sq_norm_ema
@@ -196,17 +211,27 @@ def ps_dasgd(
             denominator = g0
         lam = gamma * jnp.where(denominator > 0, d / jnp.where(denominator > 0, denominator, 1),
                                 0)
-        r = state.r + lam * _scaled.tree_dot(space.scaled, state.s, dtype)
-        s = jax.tree.map(lambda s_, g: s_ + lam.astype(g.dtype) * g, state.s, space.scaled)
+        # decoupled decay joins g' in the sums, as u = wd sqrt(N a) x (G0 stays g''s):
+        # the decay moves the iterate, and a move s does not hold makes d_hat run away
+        scaled = space.scaled
+        if opts.decouple and _scaled.known(opts.weight_decay) != 0:  # None: traced
+            wd = opts_k.weight_decay
+            denoms = space.denoms if space.denoms is not None else jax.tree.map(
+                jnp.ones_like, scaled)  # scaling="none": a = 1 (and N = 1)
+            scaled = jax.tree.map(
+                lambda g, p, a: g + (wd * jnp.sqrt(space.norm * a)).astype(g.dtype)
+                * p.astype(g.dtype), scaled, params, denoms)
+        r = state.r + lam * _scaled.tree_dot(scaled, state.s, dtype)
+        s = jax.tree.map(lambda s_, g: s_ + lam.astype(g.dtype) * g, state.s, scaled)
         sq_norm_s = _scaled.tree_dot(s, s, dtype)
         # ||s|| = 0 (no non-zero gradient yet) leaves the bound undefined: keep d
         d_hat = jnp.where(sq_norm_s > 0, 2 * r / jnp.sqrt(jnp.where(sq_norm_s > 0, sq_norm_s,
                                                                       1)), 0)
-        bound = d_coef * d_hat
-        if growth_rate != float("inf"):
-            bound = jnp.minimum(bound, growth_rate * d)
+        bound = coef * d_hat
+        if _scaled.known(growth) != float("inf"):  # None (traced): bounded, inf or not
+            bound = jnp.minimum(bound, growth * d)
         updates, step_fields = _scaled.take_step(space, grads, params, state, fields["m"],
-                                                 lam * space.norm, d, opts)
+                                                 lam * space.norm, d, opts_k)
         return updates, state._replace(
             d=jnp.maximum(d, bound), d_hat=d_hat, r=r, grad_norm0=g0, sq_norm_ema=ema,
             live_count=live_count, s=s, **fields, **step_fields)

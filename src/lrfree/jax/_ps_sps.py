@@ -1,5 +1,6 @@
 """PS-SPS for optax: the capped stochastic Polyak step in the parameter-scaled space of Adam."""
-from __future__ import annotations
+# No ``from __future__ import annotations``: optax reads the annotation of learning_rate
+# (``optax.ScalarOrSchedule``) to know that a schedule is accepted; a string hides it.
 
 from typing import Any, NamedTuple
 
@@ -126,9 +127,14 @@ def ps_sps(
     be the loss at ``params`` of the same batch as ``grads``.
     """
     opts = _scaled.check_options(learning_rate, betas, eps, weight_decay, decouple, scaling,
-                                 alpha_norm, average, average_power, skip_nonfinite)
-    check_polyak_options(c, f_star, delta, cap_start, cap_growth)
-    needs_params = average or weight_decay != 0
+                                 alpha_norm, average, average_power, skip_nonfinite,
+                                 "ps_sps")
+    check_polyak_options(*[_scaled.checkable(name, value, stand_in, "ps_sps")
+                           for name, value, stand_in in (
+                               ("c", c, 0.5), ("f_star", f_star, 0.0), ("delta", delta, 1e-8),
+                               ("cap_start", cap_start, 1e-2), ("cap_growth", cap_growth, 1.02))])
+    # a traced weight_decay (inject_hyperparams under jit) may be non-zero: params needed
+    needs_params = average or _scaled.known(weight_decay) != 0
 
     def init_fn(params: Any) -> PSSPSState:
         zero = _scaled.scalar(0.0, _scaled.scalar_dtype(params))
@@ -146,7 +152,10 @@ def ps_sps(
                              "reduce it first (e.g. loss.mean())")
         if needs_params and params is None:
             raise ValueError("params is required by ps_sps with weight_decay or "
-                             "average=True: call opt.update(grads, state, params, value=loss)")
+                             "average=True: call opt.update(grads, state, params, value=loss). "
+                             "(Under optax.inject_hyperparams and jit a weight_decay of 0 is "
+                             "not known to be 0: pass params, or inject_hyperparams(ps_sps, "
+                             "static_args='weight_decay').)")
         dtype = _scaled.scalar_dtype(updates)
         loss = jnp.asarray(value).astype(dtype)
         gamma = _scaled.learning_rate_at(opts, state.count, dtype)
@@ -155,20 +164,23 @@ def ps_sps(
 
     def step(grads: Any, state: PSSPSState, params: Any, gamma: jax.Array, loss: jax.Array,
              dtype: Any) -> tuple[Any, PSSPSState]:
-        space, fields = _scaled.enter_scaled_space(grads, params, state, opts, dtype)
+        opts_k = _scaled.options_at_dtype(opts, dtype)
+        c_k, f_star_k, delta_k, cap_start_k, cap_growth_k = (
+            _scaled.at_dtype(v, dtype) for v in (c, f_star, delta, cap_start, cap_growth))
+        space, fields = _scaled.enter_scaled_space(grads, params, state, opts_k, dtype)
         sq_norm_g = _scaled.tree_dot(space.scaled, space.scaled, dtype)
         # a zero gradient says nothing about the step size: no step, and it must not become
         # the floor (loss / delta is ~1e8 times too large)
         eta_polyak = jnp.where(sq_norm_g > 0,
-                               jnp.maximum(loss - f_star, 0) / (c * sq_norm_g + delta), 0)
-        floor = jnp.where(state.floor > 0, state.floor, cap_start * eta_polyak)
+                               jnp.maximum(loss - f_star_k, 0) / (c_k * sq_norm_g + delta_k), 0)
+        floor = jnp.where(state.floor > 0, state.floor, cap_start_k * eta_polyak)
         cap = jnp.where(state.cap > 0, state.cap, floor)
         eta = jnp.minimum(eta_polyak, cap)
         updates, step_fields = _scaled.take_step(space, grads, params, state, fields["m"],
                                                  gamma * eta * space.norm,
-                                                 jnp.ones_like(eta), opts)
+                                                 jnp.ones_like(eta), opts_k)
         return updates, state._replace(
-            polyak_step=eta, cap=cap_growth * jnp.maximum(eta, floor), floor=floor,
+            polyak_step=eta, cap=cap_growth_k * jnp.maximum(eta, floor), floor=floor,
             **fields, **step_fields)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

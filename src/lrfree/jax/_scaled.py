@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lrfree.optim._base import check_betas, check_choice, check_positive
@@ -25,41 +26,95 @@ SCALINGS = ("adam", "amsgrad", "rmsprop", "adagrad", "none")
 
 
 class Options(NamedTuple):
-    """The static (trace-time) options every PS transformation shares."""
+    """The options every PS transformation shares (numbers, or 0-d arrays from
+    ``optax.inject_hyperparams``; the strings and flags are static)."""
 
-    learning_rate: Any
+    learning_rate: Any   # a number, a schedule, or a 0-d array (as all numeric options)
     beta1: float
     beta2: float
-    eps: float
-    weight_decay: float
+    eps: Any
+    weight_decay: Any
     decouple: bool
     scaling: str
     alpha_norm: str
     average: bool
-    average_power: float
+    average_power: Any
     skip_nonfinite: bool
 
 
-def check_options(learning_rate: Any, betas: Any, eps: float, weight_decay: float,
+def known(value: Any) -> Any:
+    """A numeric option's value when it is known while the transformation is built: Python
+    numbers and concrete arrays (as floats), None for a tracer.
+
+    ``optax.inject_hyperparams`` calls the factory with every numeric option as a 0-d
+    array; inside ``jit`` that is a tracer, whose value exists only when the step runs. The
+    math takes such arrays as they are; only the checks and the choices that skip work (a
+    zero weight decay, an unbounded growth rate) need the value, and with a tracer they
+    take the general path."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return value.item()
+    return value
+
+
+def checkable(name: str, value: Any, stand_in: Any, factory: str) -> Any:
+    """``value`` as the shared torch checks take it: a Python number, or the valid
+    ``stand_in`` for a tracer, whose value cannot be checked before the step runs (an
+    ``init`` outside ``jit`` checks the values ``inject_hyperparams`` injects)."""
+    if callable(value):
+        raise ValueError(
+            f"{name}={value!r} is invalid: only learning_rate takes a schedule; to schedule "
+            f"{name}, wrap the optimizer: optax.inject_hyperparams({factory})({name}=schedule)")
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)) and jnp.ndim(value) != 0:
+        raise ValueError(f"{name} is invalid: it must be a number or a 0-d array; got an "
+                         f"array of shape {jnp.shape(value)}")
+    value_now = known(value)
+    return stand_in if value_now is None and value is not None else value_now
+
+
+def check_options(learning_rate: Any, betas: Any, eps: Any, weight_decay: Any,
                   decouple: bool, scaling: str, alpha_norm: str, average: bool,
-                  average_power: float, skip_nonfinite: bool) -> Options:
-    """Validate the shared options with the torch classes' checks and messages."""
+                  average_power: Any, skip_nonfinite: bool, factory: str) -> Options:
+    """Validate the shared options with the torch classes' checks and messages.
+
+    Numeric options may be 0-d arrays (``optax.inject_hyperparams``); they are kept as
+    given, and cast to the estimate's dtype by :func:`at_dtype` at each step."""
     if not callable(learning_rate):
-        check_positive("learning_rate", learning_rate, allow_zero=True)
+        check_positive("learning_rate", checkable("learning_rate", learning_rate, 1.0,
+                                                  factory), allow_zero=True)
     beta1, beta2 = check_betas(betas)
-    check_positive("eps", eps, allow_zero=True)
-    check_positive("weight_decay", weight_decay, allow_zero=True)
+    eps_now = checkable("eps", eps, 1e-8, factory)
+    check_positive("eps", eps_now, allow_zero=True)
+    check_positive("weight_decay", checkable("weight_decay", weight_decay, 0.0, factory),
+                   allow_zero=True)
     check_choice("scaling", scaling, SCALINGS)
     check_choice("alpha_norm", alpha_norm, ALPHA_NORMS)
     check_choice("decouple", decouple, (True, False))
     check_choice("average", average, (True, False))
     check_choice("skip_nonfinite", skip_nonfinite, (True, False))
-    check_positive("average_power", average_power, allow_zero=True)
-    if scaling in ("adam", "amsgrad", "rmsprop") and eps == 0:
+    check_positive("average_power", checkable("average_power", average_power, 8.0, factory),
+                   allow_zero=True)
+    if scaling in ("adam", "amsgrad", "rmsprop") and known(eps) == 0:
         raise ValueError("eps=0 is invalid with this scaling: a zero second moment would "
                          "divide by zero; use eps > 0 (default 1e-8)")
-    return Options(learning_rate, beta1, beta2, float(eps), float(weight_decay), decouple,
-                   scaling, alpha_norm, average, float(average_power), skip_nonfinite)
+    return Options(learning_rate, beta1, beta2, eps, weight_decay, decouple,
+                   scaling, alpha_norm, average, average_power, skip_nonfinite)
+
+
+def at_dtype(value: Any, dtype: Any) -> Any:
+    """An array option (``optax.inject_hyperparams``) in the estimate's dtype, so that the
+    state keeps its dtypes; Python numbers, None and schedules as they are."""
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return jnp.asarray(value).astype(dtype)
+    return value
+
+
+def options_at_dtype(opts: Options, dtype: Any) -> Options:
+    return opts._replace(eps=at_dtype(opts.eps, dtype),
+                         weight_decay=at_dtype(opts.weight_decay, dtype),
+                         average_power=at_dtype(opts.average_power, dtype),
+                         learning_rate=at_dtype(opts.learning_rate, dtype))
 
 
 # ------------------------------------------------------------------ dtypes and sums
@@ -134,7 +189,7 @@ def enter_scaled_space(grads: Any, params: Any, state: Any, opts: Options,
     k = step.astype(dtype)
     first = state.step == 0
     grads = jax.tree.map(lambda g: g.astype(state_dtype(g.dtype)), grads)
-    if opts.weight_decay != 0 and not opts.decouple:
+    if not opts.decouple and known(opts.weight_decay) != 0:  # None (traced): applied
         grads = jax.tree.map(lambda g, p: g + opts.weight_decay * p.astype(g.dtype),
                              grads, params)
     m = state.m
@@ -210,15 +265,16 @@ def take_step(space: ScaledSpace, grads: Any, params: Any, state: Any, m: Any,
         direction = space.grads
     if space.denoms is not None:
         direction = jax.tree.map(jnp.divide, direction, space.denoms)
-    decay = opts.weight_decay if opts.decouple else 0.0
+    # skipped when known to be 0; a traced decay (inject_hyperparams) is applied as it is
+    decay = opts.weight_decay if opts.decouple and known(opts.weight_decay) != 0 else None
 
     def one(u: jax.Array, g: jax.Array, p: jax.Array) -> jax.Array:
         step = lr.astype(u.dtype) * u
-        if decay:
+        if decay is not None:
             step = step + (lr * decay).astype(u.dtype) * p.astype(u.dtype)
         return (-step).astype(g.dtype)
 
-    updates = jax.tree.map(one, direction, grads, params if decay else grads)
+    updates = jax.tree.map(one, direction, grads, params if decay is not None else grads)
     fields: dict[str, Any] = dict(effective_lr=lr)
     if opts.average:
         fields.update(average(params, updates, state, space.k, average_scale, opts))
