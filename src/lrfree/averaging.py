@@ -86,8 +86,9 @@ class AveragingMixin:
         for group in self.param_groups:
             for p in group["params"]:
                 avg = self.state[p].get("x_avg") if p in self.state else None
-                if avg is not None:
-                    yield distributed.local(p), avg
+                if avg is not None:  # a complex parameter's average is of its real view
+                    local = distributed.local(p)
+                    yield (torch.view_as_real(local) if local.is_complex() else local), avg
 
     def eval(self) -> None:
         """Put the averaged weights into the model (for evaluation or export).

@@ -9,6 +9,7 @@ survives frameworks that only know per-parameter state.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -182,6 +183,24 @@ def total(parts: list[Tensor], device: torch.device, dtype: torch.dtype | None =
     return torch.stack([p.to(device, dtype or p.dtype) for p in parts]).sum()
 
 
+def real_view(t: Tensor) -> Tensor:
+    """A complex tensor as its real view (last dim 2: real, imaginary), as torch.optim.Adam
+    steps it: the optimizer sees the real and imaginary parts as separate elements, so every
+    norm and dot product of the estimate is that of the real vector space R^2n."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def as_counter(value: Any, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A counter or scalar of the state as a 0-d tensor on ``device``: a checkpoint may hold
+    a Python number (torch.optim accepts one for ``step``) or a tensor on another device."""
+    if isinstance(value, Tensor):
+        return value if value.device == device else value.to(device)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), device=device, dtype=dtype)
+    raise TypeError(f"optimizer state holds {type(value).__name__} {value!r} where a number "
+                    "or a 0-d tensor is expected: load a state_dict saved by this optimizer")
+
+
 def _max_abs(xs: list[Tensor]) -> Tensor:
     """max_i max |xs[i]| as a 0-d tensor (NaN if any element is NaN)."""
     if xs[0].device.type == "cpu":
@@ -215,6 +234,32 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         self._shard_group = distributed.shard_group(
             [p for g in self.param_groups for p in g["params"]], process_group)
         self._loss_group = distributed.check_loss_group(loss_group)
+
+    # ------------------------------------------------------ copy and pickle
+    def __getstate__(self) -> dict[str, Any]:
+        """torch keeps only defaults, state and param_groups; the options held as
+        attributes must travel too, or a deep copy (or an unpickled optimizer) fails at its
+        first step. A process group cannot be copied: the copy finds the group of DTensor
+        parameters again, and an explicit ``process_group=``/``loss_group=`` is an error."""
+        state = super().__getstate__()
+        params = [p for g in self.param_groups for p in g["params"]]
+        explicit = self._shard_group is not distributed.shard_group(params, None) or \
+            self._loss_group not in ("auto", None)
+        if explicit:
+            raise TypeError(
+                f"a {type(self).__name__} built with process_group= or loss_group= cannot be "
+                "copied or pickled (a process group cannot): build a new one and "
+                "load_state_dict(opt.state_dict()) into it")
+        state.update({k: v for k, v in vars(self).items()
+                      if k in ("_foreach", "_nonfinite", "_state_dtype", "_loss_group",
+                               "_scaling")})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._all_grads_zero = False
+        self._shard_group = distributed.shard_group(
+            [p for g in self.param_groups for p in g["params"]], None)
 
     # ----------------------------------------------------------------- hooks
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
@@ -267,7 +312,30 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         casts it to the parameter dtype, which turned the float32 state of bf16 parameters
         into bf16 and broke the next step), and a checkpoint of other parameters (groups of
         equal sizes in another order) or of another optimizer class is a clear error
-        before anything changes, not a shape or key error at the next step."""
+        before anything changes, not a shape or key error at the next step. Counters saved
+        as Python numbers (torch.optim accepts a number for ``step``) become 0-d tensors.
+
+        The hooks keep torch's contract around the guards: load_state_dict pre-hooks run
+        first (their edits are what is checked and loaded), post-hooks last (they see the
+        final state, not torch's intermediate cast).
+        """
+        pre = self._optimizer_load_state_dict_pre_hooks
+        post = self._optimizer_load_state_dict_post_hooks
+        state_dict = state_dict.copy()
+        for hook in list(pre.values()):
+            result = hook(self, state_dict)
+            state_dict = state_dict if result is None else result
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            self._load_checked(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre
+            self._optimizer_load_state_dict_post_hooks = post
+        for hook in list(post.values()):
+            hook(self)
+
+    def _load_checked(self, state_dict: dict[str, Any]) -> None:
         own = [p for g in self.param_groups for p in g["params"]]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_by = state_dict["param_groups"][0].get("optimizer") if state_dict["param_groups"] \
@@ -291,7 +359,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         for index, p in zip(saved_ids, own):
             for name, value in saved.get(index, {}).items():
                 if isinstance(value, Tensor) and value.dim() > 0 and \
-                        value.shape != self._state_shape(name, distributed.local(p)):
+                        value.shape != self._state_shape(name, real_view(distributed.local(p))):
                     raise ValueError(
                         f"checkpoint state {name!r} of parameter {index} has shape "
                         f"{tuple(value.shape)} but the parameter in that position has shape "
@@ -299,12 +367,21 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
                         "param groups, in the same order, as the one that was saved")
         super().load_state_dict(state_dict)
         for index, p in zip(saved_ids, own):
+            local = real_view(distributed.local(p))
             for name, value in saved.get(index, {}).items():
                 if isinstance(value, Tensor):
-                    local = distributed.local(p)
                     dtype = self._state_dtype_for(local) \
                         if value.is_floating_point() and name != "step" else value.dtype
                     self.state[p][name] = value.to(local.device, dtype, copy=True)
+                else:  # a Python number (torch.optim's non-tensor step)
+                    self.state[p][name] = as_counter(value, local.device,
+                                                     self._step_dtype(local))
+        est = self.param_groups[0].get("estimate") if self.param_groups else None
+        if est is not None and own:
+            device, dtype = self._device(), self._scalar_dtype()
+            for key, value in est.items():
+                est[key] = as_counter(value, device, dtype if not isinstance(value, Tensor)
+                                      else value.dtype)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's add_param_group, with the per-group values checked like the defaults."""
@@ -317,6 +394,12 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
     # -------------------------------------------------------------- helpers
     def _device(self) -> torch.device:
         return distributed.local(self.param_groups[0]["params"][0]).device
+
+    def _step_dtype(self, p: Tensor) -> torch.dtype:
+        """The dtype of the per-parameter step count: the state dtype, widened from
+        bf16/fp16 (bf16 counts exactly only to 256, and 1 - 0.999**k would round to 0)."""
+        dtype = self._state_dtype_for(p)
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
     def _reduce(self, values: list[Tensor]) -> list[Tensor]:
         """Sum scalars over the shard group in one collective (identity when unsharded)."""
@@ -357,6 +440,8 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
                         f"{type(self).__name__} does not support sparse gradients; "
                         "use dense gradients (e.g. nn.Embedding(sparse=False))"
                     )
+                # complex parameters are stepped as their real views (as torch.optim.Adam)
+                p, grad = real_view(p), real_view(grad)
                 dtype = self._state_dtype_for(p)
                 if (p.device, dtype) not in by_key:
                     by_key[(p.device, dtype)] = Bucket(group, [], [])
@@ -389,7 +474,8 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         return value
 
     def _scalar_dtype(self) -> torch.dtype:
-        wide = any(p.dtype == torch.float64 for g in self.param_groups for p in g["params"])
+        wide = any(p.dtype in (torch.float64, torch.complex128)
+                   for g in self.param_groups for p in g["params"])
         return torch.float64 if wide else torch.float32
 
     def _finite(self, buckets: list[Bucket], loss: Tensor | None,
@@ -452,11 +538,12 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             for key, p, g in zip(bucket.keys, bucket.params, bucket.grads):
                 state = self.state[key]
                 if "step" not in state:
-                    # bf16 counts exactly only to 256, and 1 - 0.999**k would round to 0
-                    wide = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype
-                    state["step"] = torch.zeros((), device=p.device, dtype=wide)
+                    state["step"] = torch.zeros((), device=p.device, dtype=self._step_dtype(p))
                     for name in names:
                         state[name] = self._initial_state(name, p, g.dtype)
+                elif not isinstance(state["step"], Tensor) or state["step"].device != p.device:
+                    # set by hand as a number, or left on another device
+                    state["step"] = as_counter(state["step"], p.device, self._step_dtype(p))
                 for name in lists:
                     lists[name].append(state[name])
             bucket.states = lists
@@ -478,6 +565,6 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             group0["estimate"] = initial(device, self._scalar_dtype())
         est = group0["estimate"]
         for key, value in est.items():
-            if isinstance(value, Tensor) and value.device != device:
-                est[key] = value.to(device)
+            if not isinstance(value, Tensor) or value.device != device:
+                est[key] = as_counter(value, device, self._scalar_dtype())
         return est
