@@ -206,7 +206,7 @@ def test_records_carry_the_device_and_cuda_without_a_gpu_is_refused(tmp_path) ->
             main([*args, "--device", "cuda"])
     assert main([*args, "--device", "auto"]) == 0
     (record,) = load_records(tmp_path)
-    assert record["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert record["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --- the user task -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`python -m lrfree.bench` / `lrfree-bench`: run a suite, then print the regenerated report.
 
-With no arguments it runs the quick plan (about 3 minutes on 2 CPU cores, one seed): the
+With no arguments it runs the quick plan (3-5 minutes on 2 CPU cores, one seed): the
 convex task (logreg) with every configuration, and a small VGG on Fashion-MNIST (100 steps)
 with ours, an Adam sweep and two peers. The report lands in bench-out/quick/report.md,
 one figure per task in bench-out/quick/plots/.

@@ -167,7 +167,7 @@ def summary_table(tasks: dict[str, TaskResults]) -> str:
              "| LR-free method | mean rank | tasks | diverged runs |", "|---|---|---|---|"]
     lines += [f"| {m} | {ranks[m][0]:.2f} | {ranks[m][1]} | {ranks[m][2]} |"
               for m in sorted(compared, key=lambda m: ranks[m][0])]
-    others = sorted(set(ranks) - set(compared), key=lambda m: (-ranks[m][1], ranks[m][0]))
+    others = sorted(set(ranks) - set(compared), key=lambda m: (-ranks[m][1], ranks[m][0], m))
     if others:
         lines += ["", f"Methods that ran on fewer tasks, each ranked among those "
                   f"{len(compared)} plus itself on the tasks it ran:", "",
