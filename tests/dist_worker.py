@@ -29,15 +29,22 @@ import torch.distributed as dist
 
 import lrfree
 
-STEPS = 24
+STEPS = 48
 BATCH = 16
 DTYPE = torch.float64
-# d0 = 1e-2 so that the estimate grows ~16x and the parameters move ~10% in STEPS steps.
+# The default starts (PSDASGD's d0_lr, whose count of live elements is all-reduced under
+# sharding; DAdaptSGD's d0): in 48 steps the estimates grow 4e4-2e5x (PSDASGD) and
+# 5e5-9e5x (DAdaptSGD) and the parameters move 23-80% of their norm. PSDoG's default
+# reps_rel=1e-6 moves them 0.01-0.03% in 48 steps (its slow start, docs/failure_modes.md);
+# 1e-3 moves them 9-22% and runs the same code (r_eps from the all-reduced ||x0||).
 OPTIMIZERS = {
-    "PSDASGD": lambda params, **kw: lrfree.PSDASGD(params, weight_decay=0.01, d0=1e-2, **kw),
+    "PSDASGD": lambda params, **kw: lrfree.PSDASGD(params, weight_decay=0.01, **kw),
     "PSSPS": lambda params, **kw: lrfree.PSSPS(params, weight_decay=0.01, **kw),
-    "DAdaptSGD": lambda params, **kw: lrfree.DAdaptSGD(params, momentum=0.9, d0=1e-2, **kw),
+    "PSDoG": lambda params, **kw: lrfree.PSDoG(params, weight_decay=0.01, reps_rel=1e-3, **kw),
+    "DAdaptSGD": lambda params, **kw: lrfree.DAdaptSGD(params, momentum=0.9, **kw),
 }
+# the estimate each optimizer keeps in its param groups, recorded at every step
+ESTIMATE = {"PSDASGD": "d", "PSSPS": "polyak_step", "PSDoG": "dog_step", "DAdaptSGD": "d"}
 # "unreduced": the sharded layout without process_group= (each rank estimates from its own
 # shard only): the control that shows the comparison can fail.
 SCENARIOS = [(opt, layout) for layout in ("ddp", "sharded", "fsdp") for opt in OPTIMIZERS]
@@ -45,7 +52,7 @@ SCENARIOS.append(("PSDASGD", "unreduced"))
 # "fsdp_scaler": FSDP2 with torch.amp.GradScaler; at step SKIP rank 1 alone finds an inf in
 # its shard of the gradient, and both ranks must skip the step.
 SKIP = 5
-SCENARIOS += [("PSDASGD", "fsdp_scaler"), ("PSSPS", "fsdp_scaler")]
+SCENARIOS += [(opt, "fsdp_scaler") for opt in ("PSDASGD", "PSSPS", "PSDoG")]
 # "independent": each rank trains its own copy on its own half of the batch, no DDP, with
 # loss_group=None; "independent_auto": the same with the default loss_group (the control:
 # it averages the two unrelated losses).
@@ -158,8 +165,7 @@ def train(opt_name: str, layout: str, sparse_aux: bool = False,
         collectives.append(count[0])
         sched.step()
         group = opt.param_groups[0]
-        scalars.append([float(group["effective_lr"]),
-                        float(group.get("d", group.get("polyak_step", 0.0)))])
+        scalars.append([float(group["effective_lr"]), float(group[ESTIMATE[opt_name]])])
         if owners:
             with torch.no_grad():
                 for p, owner in owners.items():

@@ -108,7 +108,7 @@ def test_collectives_per_step(results, opt_name):
     """Every rank joins the same collectives, also rank 1 of the sharded layout on the
     steps where it has no gradient: one per reduction point, one for the non-finite check,
     and for the Polyak methods one to average the loss (also under DDP)."""
-    per_step = {"PSDASGD": 2, "PSSPS": 3, "DAdaptSGD": 2}[opt_name]
+    per_step = {"PSDASGD": 2, "PSSPS": 3, "PSDoG": 2, "DAdaptSGD": 2}[opt_name]
     first = per_step + (opt_name != "DAdaptSGD")  # N0, the mean of alpha, at the first step
     for layout in ("sharded", "fsdp"):
         counts = [results[rank][f"{opt_name}/{layout}"]["collectives"] for rank in range(2)]
@@ -148,7 +148,7 @@ def test_sharding_without_reduction_differs(results, references):
     assert moved_error(got["params"], ref["params"]) > 1e-3
 
 
-@pytest.mark.parametrize("opt_name", ["PSDASGD", "PSSPS"])
+@pytest.mark.parametrize("opt_name", ["PSDASGD", "PSSPS", "PSDoG"])
 def test_fsdp_grad_scaler_skips_on_every_rank(results, references, opt_name):
     """FSDP2 + torch.amp.GradScaler("cpu"): an inf in rank 1's gradient shard only makes
     both ranks skip that step (the scaler's check reaches every shard), and training then
