@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -195,7 +196,7 @@ def test_older_checkpoint_without_new_options(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_deepcopy(name):
     """A deep copy (with its parameters) continues exactly as the original, shares no
-    state tensor with it, and copies every public attribute."""
+    state tensor with it, and copies every public attribute; so does a pickled copy."""
     params = make_params()
     opt = make(name, params)
     run(opt, params, 3)
@@ -205,9 +206,11 @@ def test_deepcopy(name):
     for key, value in vars(opt).items():
         if not key.startswith("_"):
             assert type(getattr(opt2, key)) is type(value), key
+    params3, opt3 = pickle.loads(pickle.dumps((params, opt)))  # as torch.save(opt) does
     run(opt, params, 3, start=3)
     run(opt2, params2, 3, start=3)
-    assert same(params2, params)
+    run(opt3, params3, 3, start=3)
+    assert same(params2, params) and same(params3, params)
 
 
 # ------------------------------------------------------------- implementations agree
