@@ -186,6 +186,9 @@ def test_every_panel_has_labels_a_legend_and_distinct_lines(seeds: int) -> None:
             looks = [(ln.get_linestyle(), ln.get_marker()) for ln in lines
                      if ln.get_marker() not in (None, "None", "")]
             assert len(looks) == len(set(looks)), looks
+            # the toy's curves coincide: their markers must not all sit on the same points
+            assert len({tuple(ln.get_markevery()) for ln in lines
+                        if ln.get_markevery() is not None}) > 1
         # a min-max band only where there is more than one seed to span
         bands = [c for c in curves.collections if isinstance(c, PolyCollection)]
         assert (len(bands) > 0) == (seeds > 1)
@@ -231,3 +234,19 @@ def test_user_task_errors_name_the_fix(tmp_path) -> None:
         main(["--task", f"{HERE / 'user_task_quadratic.py'}:nope", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no file"):
         main(["--task", "missing_file.py:make", "--out", str(tmp_path)])
+
+
+# --- layout ---------------------------------------------------------------------------------
+
+def test_plots_and_report_do_not_import_each_other() -> None:
+    """The data model lives in results.py; the report draws the plots, the plots never
+    reach back into the report."""
+    import ast
+
+    import lrfree.bench.plots as plots
+
+    tree = ast.parse(Path(plots.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for a in node.names}
+    assert "lrfree.bench.report" not in imported

@@ -55,6 +55,14 @@ def _readable_subset(task: TaskResults) -> list[Row]:
     return sorted(rows, key=lambda r: r.label)
 
 
+def _markevery(size: int, index: int) -> tuple[int, int]:
+    """Markers on every k-th point, starting at a different point for each line of a
+    panel: where two lines coincide (a method and its averaged variant train alike), the
+    markers of both still show."""
+    every = max(2, size // 8)
+    return index % every, every
+
+
 def _legend_label(row: Row) -> str:
     return f"{row.label} (best of sweep)" if row.family in ("adam", "adam-avg", "sgd") \
         else row.label
@@ -65,13 +73,13 @@ def _curve_panel(ax: Axes, rows: list[Row], style: dict[str, dict[str, Any]], x_
     """Mean over seeds, with a min–max band where a row has more than one seed; log scale
     when asked and every value is positive."""
     positive, banded = True, False
-    for row in rows:
+    for index, row in enumerate(rows):
         x, mean, low, high = mean_curve(row.runs, x_key, y_key)
         if x.size == 0:
             continue
         positive = positive and bool(np.nanmin(low) > 0)
         ax.plot(x, mean, label=_legend_label(row), lw=1.2,
-                markevery=max(1, x.size // 8), **style[row.label])
+                markevery=_markevery(x.size, index), **style[row.label])
         if len(row.runs) > 1:
             banded = True
             ax.fill_between(x, low, high, color=style[row.label]["color"], alpha=0.15, lw=0)
@@ -95,8 +103,8 @@ def _lr_panel(ax: Axes, task: TaskResults, style: dict[str, dict[str, Any]]) -> 
                       key=lambda r: r.label):
         x, mean, _, _ = mean_curve(row.runs, "steps", "effective_lr")
         if x.size and np.isfinite(mean).any():
-            ax.plot(x, mean, label=row.label, lw=1.2, markevery=max(1, x.size // 8),
-                    **style[row.label])
+            ax.plot(x, mean, label=row.label, lw=1.2,
+                    markevery=_markevery(x.size, len(drawn)), **style[row.label])
             drawn.append(row.label)
     best = task.best_of("adam")
     if best is not None and best.lr is not None:
