@@ -4,9 +4,10 @@ A meta tensor has a device and a shape but no values. Two CUDA failures are repr
 without a GPU: a tensor created without ``device=`` (on the CPU) meeting the parameters'
 tensors raises exactly as on CUDA (issue 16: ``torch.tensor(d.numel())`` crashed every PS
 optimizer at its first CUDA step), and reading a value back to the host (a host sync)
-raises too. The checked modes ("skip", "raise") read one pair of flags per step by design:
-``_read_flags`` is replaced to count those reads and answer "finite", so any other host
-read in a step still fails the test.
+raises too. The checked modes ("skip", "raise") read one pair of flags per step by design
+(``tolist`` in ``_finite``): ``Tensor.tolist`` is replaced to count those reads on meta
+tensors and answer "finite", so any other host read in a step (``item``, ``bool``,
+``float``) still fails the test.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ def _params(dtype=torch.float32):
 class _Reads:
     def __init__(self):
         self.count = 0
+        self.real = torch.Tensor.tolist
 
-    def __call__(self, flags):
-        assert all(f.device.type == "meta" for f in flags)
+    def __call__(self, tensor):
+        if tensor.device.type != "meta":
+            return self.real(tensor)
         self.count += 1
-        return [0.0, 1.0][: len(flags)]  # nothing bad, not every gradient zero
+        return [0.0, 1.0][: tensor.numel()]  # nothing bad, not every gradient zero
 
 
 def _step_on_meta(cls, kwargs, nonfinite, monkeypatch, steps=3, dtype=torch.float32):
@@ -36,7 +39,7 @@ def _step_on_meta(cls, kwargs, nonfinite, monkeypatch, steps=3, dtype=torch.floa
     opt = cls([{"params": params[:3]}, {"params": params[3:], "lr": 0.5}],
               nonfinite=nonfinite, **kwargs)
     reads = _Reads()
-    monkeypatch.setattr(opt, "_read_flags", reads)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda tensor: reads(tensor))
     for _ in range(steps):
         for p in params:
             p.grad = torch.empty_like(p)

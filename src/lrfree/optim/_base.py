@@ -490,7 +490,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         if self._nonfinite == "unchecked":
             return True
         if bad is not None:
-            return self._apply_policy(not self._read_flags(self._reduce([bad]))[0])
+            return self._apply_policy(not bool(self._reduce([bad])[0]))
         device = self._device()
         # max |g| cannot overflow where a sum of squares of large finite values could, and
         # NaN propagates. On a CPU it is max(|min g|, |max g|): one vectorised read per
@@ -508,15 +508,9 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             peaks.append(loss.abs().to(device, torch.float32))
         bad = (~torch.isfinite(torch.stack(peaks))).sum().to(torch.float32) if peaks else \
             torch.zeros((), device=device)
-        bad, largest = self._read_flags(self._reduce([bad, largest]))
+        bad, largest = torch.stack(self._reduce([bad, largest])).tolist()  # the one sync
         self._all_grads_zero = largest == 0
         return self._apply_policy(not bad)
-
-    def _read_flags(self, flags: list[Tensor]) -> list[float]:
-        """Read 0-d flags back to the host: the one host sync of a checked step, and the
-        only place a step reads a device value (tests on the ``meta`` device, which has no
-        values, replace it to count the syncs and prove there is no other)."""
-        return torch.stack(flags).tolist()
 
     def _apply_policy(self, finite: bool) -> bool:
         """The non-finite policy, given whether this step's gradients and loss are finite."""
