@@ -41,7 +41,9 @@ def free_port() -> int:
 
 
 def worker_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # PYTHONFAULTHANDLER: a worker that aborts (issue 15's rare SIGABRT at exit) prints
+    # where each Python thread was, so the log tells finalization from a live call
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     return env
 
