@@ -11,8 +11,10 @@ a LambdaLR multiplier), except schedule-free AdamW and MomSPS, which have none t
 (ALGORITHMS.md §8). Peer packages and our own classes are imported inside the builders, so
 this module imports even when one of them is missing.
 
-Weight decay is 0 everywhere; a task that wants decay passes param-group dicts carrying
-`weight_decay`, which every optimizer here honours through torch's group defaults.
+Weight decay is 0 everywhere except the `wd0.1` preset (`psdasgd-wd0.1` and the sweep
+`adamw-wd0.1@<lr>`: decoupled decay 0.1 on every parameter, ablation rows); a task that wants
+decay passes param-group dicts carrying `weight_decay`, which every optimizer here honours
+through torch's group defaults.
 """
 from __future__ import annotations
 
@@ -199,6 +201,10 @@ def _adam(lr: float) -> Builder:
     return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
+def _adamw(lr: float, weight_decay: float) -> Builder:
+    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def _sgdm(lr: float) -> Builder:
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9)
 
@@ -242,7 +248,12 @@ _FIXED: dict[str, OptimizerSpec] = {
               ("pssps-amsgrad", "PSSPS", {"scaling": "amsgrad"}),
               # the cap reaches the Polyak step in ~48 steps instead of ~233 (short runs)
               ("pssps-cap1.1", "PSSPS", {"cap_growth": 1.1}),
+              # decoupled weight decay 0.1 (the AdamW value for transformers), against the
+              # AdamW sweep with the same decay below (issue 15)
+              ("psdasgd-wd0.1", "PSDASGD", {"weight_decay": 0.1}),
           ]],
+        *[OptimizerSpec(f"adamw-wd0.1@{lr}", "ablation", _adamw(float(lr), 0.1), _group_lr,
+                        lr=float(lr)) for lr in SWEEP_LRS_ADAM],
     ]
 }
 
@@ -256,6 +267,8 @@ PRESETS: dict[str, list[str]] = {
     "peers": ["dadapt-adam", "prodigy", "dog", "sf-adamw", "momsps"],
 }
 PRESETS["all"] = [n for key in list(PRESETS) for n in PRESETS[key]]
+# weight decay 0.1 (ViT, MiniLM): PSDASGD and the AdamW sweep with the same decay
+PRESETS["wd0.1"] = ["psdasgd-wd0.1", *[f"adamw-wd0.1@{lr}" for lr in SWEEP_LRS_ADAM]]
 PRESETS["ablations"] = [name for name, spec in _FIXED.items() if spec.family == "ablation"]
 # What a run gets when it names tasks but no optimizers: ours, the Adam sweep, two peers.
 PRESETS["default"] = ["psdasgd", "psdasgd-avg", "pssps", *PRESETS["adam-sweep"], "prodigy",

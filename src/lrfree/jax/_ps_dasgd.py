@@ -189,6 +189,18 @@ def ps_dasgd(
         start_lr, coef, growth = (_scaled.at_dtype(v, dtype) for v in (d0_lr, d_coef,
                                                                        growth_rate))
         space, fields = _scaled.enter_scaled_space(grads, params, state, opts_k, dtype)
+        sq_norm_loss = None
+        if opts.decouple and _scaled.known(opts.weight_decay) != 0:  # None: traced
+            # decoupled decay joins g' in every sum (G0, r, s) as u = wd sqrt(N a) x: the
+            # decay moves the iterate, and a move s does not hold makes d_hat run away
+            wd = opts_k.weight_decay
+            # the loss gradient's ||g'||^2: the decay alone does not start the estimate
+            sq_norm_loss = _scaled.tree_dot(space.scaled, space.scaled, dtype)
+            denoms = space.denoms if space.denoms is not None else jax.tree.map(
+                jnp.ones_like, space.scaled)  # scaling="none": a = 1 (and N = 1)
+            space = space._replace(scaled=jax.tree.map(
+                lambda g, p, a: g + (wd * jnp.sqrt(space.norm * a)).astype(g.dtype)
+                * p.astype(g.dtype), space.scaled, params, denoms))
         sq_norm_g = _scaled.tree_dot(space.scaled, space.scaled, dtype)
         d, live_count = state.d, state.live_count
         if start_lr is not None:
@@ -202,7 +214,10 @@ def ps_dasgd(
             d = jnp.where(state.grad_norm0 > 0, d,
                           start_lr * jnp.sqrt(jnp.maximum(live_count, 1)))
         # G0 waits for the first non-zero gradient; until then no step (not d / 0)
-        g0 = jnp.where(state.grad_norm0 > 0, state.grad_norm0, jnp.sqrt(sq_norm_g))
+        g0_new = jnp.sqrt(sq_norm_g)
+        if sq_norm_loss is not None:
+            g0_new = jnp.where(sq_norm_loss > 0, g0_new, 0)
+        g0 = jnp.where(state.grad_norm0 > 0, state.grad_norm0, g0_new)
         ema = state.sq_norm_ema
         if opts.alpha_norm == "running":
             ema = opts.beta2 * ema + (1 - opts.beta2) * sq_norm_g
@@ -211,18 +226,8 @@ def ps_dasgd(
             denominator = g0
         lam = gamma * jnp.where(denominator > 0, d / jnp.where(denominator > 0, denominator, 1),
                                 0)
-        # decoupled decay joins g' in the sums, as u = wd sqrt(N a) x (G0 stays g''s):
-        # the decay moves the iterate, and a move s does not hold makes d_hat run away
-        scaled = space.scaled
-        if opts.decouple and _scaled.known(opts.weight_decay) != 0:  # None: traced
-            wd = opts_k.weight_decay
-            denoms = space.denoms if space.denoms is not None else jax.tree.map(
-                jnp.ones_like, scaled)  # scaling="none": a = 1 (and N = 1)
-            scaled = jax.tree.map(
-                lambda g, p, a: g + (wd * jnp.sqrt(space.norm * a)).astype(g.dtype)
-                * p.astype(g.dtype), scaled, params, denoms)
-        r = state.r + lam * _scaled.tree_dot(scaled, state.s, dtype)
-        s = jax.tree.map(lambda s_, g: s_ + lam.astype(g.dtype) * g, state.s, scaled)
+        r = state.r + lam * _scaled.tree_dot(space.scaled, state.s, dtype)
+        s = jax.tree.map(lambda s_, g: s_ + lam.astype(g.dtype) * g, state.s, space.scaled)
         sq_norm_s = _scaled.tree_dot(s, s, dtype)
         # ||s|| = 0 (no non-zero gradient yet) leaves the bound undefined: keep d
         d_hat = jnp.where(sq_norm_s > 0, 2 * r / jnp.sqrt(jnp.where(sq_norm_s > 0, sq_norm_s,

@@ -10,7 +10,8 @@
 //   q    =  g / sqrt(d)                    g' = sqrt(N sqrt(1 - beta2^k)) q
 //   p    <- p (1 - lr wd) - lr / ((1 - beta1^k) factor) m / d
 // PSDASGD also reduces <g', s>, ||g'||^2, ||s||^2 (s before its update) and updates
-// s <- s + lambda gamma g' in the same pass. Sums are accumulated in double per lane and
+// s <- s + lambda gamma g' in the same pass; with decoupled decay g' is g' + u there,
+// u = wd sqrt(N a) p = coef (wd factor sqrt(d) p) (p before its decay). Sums are accumulated in double per lane and
 // added per chunk in a fixed order, so they do not depend on the number of threads.
 // Only the headers it needs (torch/extension.h takes ~4x longer to compile); the pybind11
 // module is appended by load_inline.
@@ -35,8 +36,9 @@ enum Hyper { kGamma, kBeta1, kBeta2, kEps, kWd, kDecouple, kHyperSize };
 
 template <typename T>
 struct Consts {  // per tensor
-  T beta2, one_minus_beta2, lerp_w, eps_d, wd_coupled, decay, p_scale, s_scale, q_weight;
-  bool momentum, lerp_low, coupled;
+  T beta2, one_minus_beta2, lerp_w, eps_d, wd_coupled, decay, p_scale, s_scale, q_weight,
+      wd_scaled;
+  bool momentum, lerp_low, coupled, decoupled;
 };
 
 // Per-tensor constants, computed in T as the eager path computes them (so float32 steps
@@ -58,6 +60,8 @@ Consts<T> consts(const double* h, T step, double lam, double norm, T lr_t) {
   c.coupled = wd != 0.0 && !decouple;
   c.wd_coupled = T(wd);
   c.decay = (wd != 0.0 && decouple) ? T(1) - lr_t * T(wd) : T(1);
+  c.decoupled = wd != 0.0 && decouple;
+  c.wd_scaled = T(wd) * factor;  // u = coef * wd_scaled * sqrt(d) * p
   T scale = lr_t;
   if (c.momentum) scale = scale / (T(1) - std::pow(T(beta1), step));
   c.p_scale = scale / factor;
@@ -227,7 +231,8 @@ at::Tensor dasgd(std::vector<at::Tensor> p, std::vector<at::Tensor> g, std::vect
         }
         const V d = vv.sqrt() + eps_d;
         const V isd = one / d.sqrt();
-        const V q = gv * isd;
+        V q = gv * isd;
+        if (c.decoupled) q = q + Vectorized<T>(c.wd_scaled) * d.sqrt() * pv;
         dot.add(q * sv);
         sq.add(q * q);
         ss.add(sv * sv);

@@ -35,10 +35,12 @@ class DAdaptSGD(LRFreeOptimizer):
             per-group values are relative multipliers (the reference package raises for
             them), ``lr=0`` freezes a group.
         momentum: primal-averaging coefficient in [0, 1).
-        weight_decay: decoupled by default: the dual iterate z shrinks by
-            ``effective_lr * weight_decay`` per step (the anchor x_0 absorbs it);
-            ``decouple=False`` adds ``weight_decay * x`` to the gradient (L2), as the
-            reference package does.
+        weight_decay: decoupled by default: ``weight_decay * z`` (z = x_0 - s, the dual
+            iterate that takes the step) joins the gradient in s, so z shrinks by
+            ``effective_lr * weight_decay`` per step and the estimate's sums see the move;
+            ``decouple=False`` adds ``weight_decay * x`` (L2), as the reference package
+            does. Without momentum (x = z) the two are the same. G0 includes the decay
+            term in both (docs/algorithms.md, "Weight decay").
         d0, growth_rate, foreach, nonfinite, state_dtype, process_group: as in
             :class:`lrfree.PSDASGD`.
 
@@ -78,21 +80,32 @@ class DAdaptSGD(LRFreeOptimizer):
         group0 = self.param_groups[0]
         device, dtype = self._device(), self._scalar_dtype()
         est = self._estimate(lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt), device)
-        dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
+        dot_gs, sq_g, sq_g_weighted, sq_s, sq_loss = [], [], [], [], []
+        # from the groups, not the buckets: every rank must reduce the same number of sums
+        decayed = any(g["weight_decay"] != 0 for g in self.param_groups)
         for b in buckets:
             torch._foreach_add_(b.states["step"], 1.0)
-            if b.group["weight_decay"] != 0 and not b.group["decouple"]:
-                b.grads = torch._foreach_add(b.grads, _cast(b.params, b.grads),
-                                             alpha=b.group["weight_decay"])
-            gamma = b.group["lr"]
+            gamma, wd = b.group["lr"], b.group["weight_decay"]
+            # decay joins the gradient everywhere (G0, s, r): at x, the point of the
+            # gradient (coupled), or at z = x0 - s, the dual iterate that takes the step
+            # (decoupled). Either way the iterate moves by what s holds, and G0 >= wd D
+            # keeps effective_lr * wd <= 1 while d <= D (docs/algorithms.md, "Weight decay").
+            if wd != 0:  # the loss gradient's norm: the decay alone does not start d
+                sq_loss.append(sum_sq(b.grads).to(dtype))
+                at = _cast(b.params, b.grads) if not b.group["decouple"] else \
+                    torch._foreach_sub(b.states["x0"], b.states["s"])
+                b.grads = torch._foreach_add(b.grads, _cast(at, b.grads), alpha=wd)
             sq = sum_sq(b.grads).to(dtype)
+            if wd == 0:
+                sq_loss.append(sq)
             dot_gs.append(gamma * sum_dot(b.grads, b.states["s"]).to(dtype))
             sq_g.append(sq)
             sq_g_weighted.append(gamma * gamma * sq)
             sq_s.append(sum_sq(b.states["s"]).to(dtype))
-        sq_norm_g, dot, sq_weighted, sq_norm_s = self._reduce(
-            [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)])
-        DAdaptEstimate.set_grad_norm0(est, sq_norm_g)
+        parts_of = (sq_g, dot_gs, sq_g_weighted, sq_s) + ((sq_loss,) if decayed else ())
+        sq_norm_g, dot, sq_weighted, sq_norm_s, *loss_part = self._reduce(
+            [total(parts, device, dtype) for parts in parts_of])
+        DAdaptEstimate.set_grad_norm0(est, sq_norm_g, loss_part[0] if decayed else None)
         lam = DAdaptEstimate.base_step(est)
         DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"])
         for b in buckets:
@@ -100,10 +113,6 @@ class DAdaptSGD(LRFreeOptimizer):
             step = (lam * group["lr"]).to(b.grads[0].dtype)
             torch._foreach_add_(b.states["s"], torch._foreach_mul(b.grads, step))
             z = torch._foreach_sub(b.states["x0"], b.states["s"])
-            if group["weight_decay"] != 0 and group["decouple"]:
-                decay = step * group["weight_decay"]
-                torch._foreach_sub_(b.states["x0"], torch._foreach_mul(z, decay))
-                z = torch._foreach_sub(b.states["x0"], b.states["s"])
             momentum = group["momentum"]
             if b.params[0].dtype in (torch.float16, torch.bfloat16):
                 # average in float32 (z is float32 state by default) and round once

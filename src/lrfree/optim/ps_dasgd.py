@@ -134,10 +134,21 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             buckets, lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt))
         device, dtype = self._device(), self._scalar_dtype()
         _scaled.scale_gradients(buckets, norm)
-        dot_gs, sq_g, sq_g_weighted, sq_s = [], [], [], []
+        dot_gs, sq_g, sq_g_weighted, sq_s, sq_loss = [], [], [], [], []
+        # from the groups, not the buckets: every rank must reduce the same number of sums
+        decayed = any(g["weight_decay"] != 0 and g["decouple"] for g in self.param_groups)
         for b in buckets:
             gamma = b.group["lr"]
+            if b.group["weight_decay"] != 0 and b.group["decouple"]:
+                # the loss gradient's ||g'||^2: the decay alone does not start the estimate
+                raw = sq_norms(b.scaled).to(dtype)
+                if b.scaled_coefs is not None:
+                    raw = raw * b.scaled_coefs.to(dtype) ** 2
+                sq_loss.append(raw.sum())
+                add_decoupled_decay(b, b.group["weight_decay"])  # g' + u, see below
             dot, sq = _scaled.scaled_sums(b, b.states["s"], dtype)
+            if not (b.group["weight_decay"] != 0 and b.group["decouple"]):
+                sq_loss.append(sq)
             dot_gs.append(gamma * dot)
             sq_g.append(sq)
             sq_g_weighted.append(gamma * gamma * sq)
@@ -147,10 +158,13 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         if start:  # elements with a non-zero first gradient, for the start below
             sums.append(total([sum(torch.count_nonzero(g) for g in b.grads) for b in buckets],
                               device, dtype))
+        if decayed:
+            sums.append(total(sq_loss, device, dtype))
         # one collective for every sum of the step
-        sq_norm_g, dot, sq_weighted, sq_norm_s, *count = self._reduce(sums)
+        sq_norm_g, dot, sq_weighted, sq_norm_s, *rest = self._reduce(sums)
+        sq_norm_loss = rest.pop() if decayed else None
         if start:
-            est["live_count"] = count[0]
+            est["live_count"] = rest[0]
         if group0["d0_lr"] is not None:
             # d_1 = d0_lr sqrt(n): with Adam's a_1 = |g_1| over the n elements with a
             # non-zero gradient, G0 = N sqrt(n), so the first effective lr d N / G0 is d0_lr
@@ -158,7 +172,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             # Taken at the step that fixes G0 (the first non-zero gradient).
             est["d"] = torch.where(est["grad_norm0"] > 0, est["d"],
                                    group0["d0_lr"] * torch.sqrt(est["live_count"].clamp(min=1)))
-        DAdaptEstimate.set_grad_norm0(est, sq_norm_g)
+        DAdaptEstimate.set_grad_norm0(est, sq_norm_g, sq_norm_loss)
         lam = self._base_step(est, sq_norm_g, group0)
         d_used = est["d"]
         DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"],
@@ -184,3 +198,33 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         # no non-zero gradient yet: no step (as base_step does with G0 = 0), not d / 0
         return torch.where(corrected > 0, est["d"] / torch.sqrt(corrected),
                            torch.zeros_like(corrected))
+
+
+def add_decoupled_decay(b: Bucket, weight_decay: float) -> None:
+    """Make ``b``'s scaled gradient g' + u, with u = wd sqrt(N a) x the decoupled decay in
+    scaled units (docs/algorithms.md, "Weight decay").
+
+    The step x <- x (1 - lam N wd) is, in the scaled coordinates y = alpha x (alpha^2 =
+    a / N), y <- y - lam (N wd y): a gradient step on (N wd / 2) ||y||^2 whose gradient is
+    u. The estimate's sums must see it, or the iterate moves by a term that s does not
+    hold and d_hat = 2 r / ||s|| grows without bound once the decay balances the gradient
+    (g' = -u, a constant non-zero g': r grows like k^2, ||s|| like k). In the form
+    g' = coefs * scaled, coefs = sqrt(N / factor): scaled += wd factor sqrt(d) x.
+    """
+    params = _cast(b.params, b.scaled)
+    if b.denoms is None:  # a = 1, N = 1: u = wd x (a new list: b.scaled is b.grads)
+        b.scaled = torch._foreach_add(b.scaled, params, alpha=weight_decay)
+        return
+    root = torch._foreach_sqrt(b.denoms)
+    if b.factors is None:
+        torch._foreach_addcmul_(b.scaled, root, params, value=weight_decay)
+        return
+    weights = (b.factors.to(root[0].dtype) * weight_decay).unbind()
+    torch._foreach_mul_(root, weights)
+    torch._foreach_addcmul_(b.scaled, root, params)
+
+
+def _cast(tensors: list[Tensor], reference: list[Tensor]) -> list[Tensor]:
+    if tensors[0].dtype == reference[0].dtype:
+        return tensors
+    return [t.to(r.dtype) for t, r in zip(tensors, reference)]

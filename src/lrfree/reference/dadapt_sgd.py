@@ -26,17 +26,18 @@ class DAdaptSGDReference(torch.optim.Optimizer):
         if not items:
             return loss
         sc["k"] += 1
-        grads = {}
+        grads, loss_sq = {}, 0.0
         for group, p in items:
             state = self.state[p]
             if "step" not in state:
                 state.update(step=0, s=torch.zeros_like(p), x0=p.clone())
             state["step"] += 1
-            g = p.grad.clone()
-            if group["weight_decay"] and not group["decouple"]:
-                g = g + group["weight_decay"] * p
-            grads[p] = g
-        if sc["G0"] == 0:
+            grads[p] = p.grad.clone()
+            loss_sq += float((grads[p] ** 2).sum())
+            if group["weight_decay"]:  # decay joins the gradient: at x (coupled) or z = x0 - s
+                at = state["x0"] - state["s"] if group["decouple"] else p
+                grads[p] = grads[p] + group["weight_decay"] * at
+        if sc["G0"] == 0 and loss_sq > 0:  # decay included, once the loss gradient is not 0
             sc["G0"] = math.sqrt(sum(float((grads[p] ** 2).sum()) for _, p in items))
         lam = sc["d"] / sc["G0"] if sc["G0"] > 0 else 0.0
         for group, p in items:
@@ -49,9 +50,6 @@ class DAdaptSGDReference(torch.optim.Optimizer):
         for group, p in items:
             state = self.state[p]
             z = state["x0"] - state["s"]
-            if group["weight_decay"] and group["decouple"]:
-                state["x0"] = state["x0"] - lam * group["lr"] * group["weight_decay"] * z
-                z = state["x0"] - state["s"]
             p.copy_(group["momentum"] * p + (1 - group["momentum"]) * z)
         sc["effective_lr"] = lam
         sc["d"] = d_next

@@ -38,13 +38,18 @@ class PSDASGDReference(torch.optim.Optimizer):
             if a[p] is not None:
                 g_scaled[p] = g_scaled[p] / torch.sqrt(a[p] / n)  # g' = g / alpha
 
+        loss_sq = sum(float((g_scaled[p] ** 2).sum()) for _, p in items)
+        for group, p in items:  # decoupled decay in scaled units: g' + u, u = wd sqrt(N a) x
+            if group["weight_decay"] and group["decouple"]:
+                root = 1.0 if a[p] is None else torch.sqrt(n * a[p])
+                g_scaled[p] = g_scaled[p] + group["weight_decay"] * root * p
         sq_norm = sum(float((g_scaled[p] ** 2).sum()) for _, p in items)
         if sc["k"] == 1:  # n: elements with a non-zero first gradient
             sc["n_live"] = sum(int((grads[p] != 0).sum()) for _, p in items)
         if sc["G0"] == 0 and self.d0_lr is not None:  # first effective lr d0_lr (Adam's a)
             sc["d"] = self.d0_lr * math.sqrt(max(sc["n_live"], 1))
         sc["d_used"] = sc["d"]  # the d of this step (iterate-averaging weight d_k^2)
-        if sc["G0"] == 0:
+        if sc["G0"] == 0 and loss_sq > 0:  # decay included, once the loss gradient is not 0
             sc["G0"] = math.sqrt(sq_norm)
         if self.alpha_norm == "running":
             beta2 = self.param_groups[0]["betas"][1]
@@ -54,10 +59,11 @@ class PSDASGDReference(torch.optim.Optimizer):
             denominator = sc["G0"]
         lam = sc["d"] / denominator if denominator > 0 else 0.0
 
-        for group, p in items:  # r_k = r_{k-1} + sum_g lam_g <g', s_{k-1}>
+        # r_k = r_{k-1} + sum_g lam_g <g', s_{k-1}>, s_k = s_{k-1} + lam_g g'
+        for group, p in items:
             s = self.state[p]["s"]
             sc["r"] += lam * group["lr"] * float((g_scaled[p] * s).sum())
-        for group, p in items:  # s_k = s_{k-1} + lam_g g'
+        for group, p in items:
             self.state[p]["s"] = self.state[p]["s"] + lam * group["lr"] * g_scaled[p]
         s_norm = math.sqrt(sum(float((self.state[p]["s"] ** 2).sum()) for _, p in items))
         d_hat = 2 * sc["r"] / s_norm if s_norm > 0 else 0.0

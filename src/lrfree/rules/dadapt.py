@@ -42,13 +42,20 @@ class DAdaptEstimate:
         }
 
     @staticmethod
-    def set_grad_norm0(est: dict[str, Tensor], sq_norm: Tensor) -> None:
+    def set_grad_norm0(est: dict[str, Tensor], sq_norm: Tensor,
+                       sq_norm_loss: Tensor | None = None) -> None:
         """Freeze G0 at the first non-zero gradient norm.
 
-        Steps before it (all gradients zero) take no step: lambda = 0, not d / 0.
+        Steps before it (all gradients zero) take no step: lambda = 0, not d / 0. With
+        weight decay in the gradient ``sq_norm`` includes it (docs/algorithms.md §4c) and
+        ``sq_norm_loss`` is the loss gradient's alone: the decay by itself does not start
+        the estimate.
         """
         g0 = est["grad_norm0"]
-        est["grad_norm0"] = torch.where(g0 > 0, g0, torch.sqrt(sq_norm))
+        new = torch.sqrt(sq_norm)
+        if sq_norm_loss is not None:
+            new = torch.where(sq_norm_loss > 0, new, torch.zeros_like(new))
+        est["grad_norm0"] = torch.where(g0 > 0, g0, new)
 
     @staticmethod
     def base_step(est: dict[str, Tensor]) -> Tensor:
