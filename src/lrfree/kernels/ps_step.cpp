@@ -11,8 +11,9 @@
 //   p    <- p (1 - lr wd) - lr / ((1 - beta1^k) factor) m / d
 // PSDASGD also reduces <g', s>, ||g'||^2, ||s||^2 (s before its update) and updates
 // s <- s + lambda gamma g' in the same pass; with decoupled decay g' is g' + u there,
-// u = wd sqrt(N a) p = coef (wd factor sqrt(d) p) (p before its decay). Sums are accumulated in double per lane and
-// added per chunk in a fixed order, so they do not depend on the number of threads.
+// u = wd sqrt(N a) p = coef (wd factor sqrt(d) p) (p before its decay). Sums are
+// accumulated in double per lane and added per chunk in a fixed order, so they do not
+// depend on the number of threads.
 // Only the headers it needs (torch/extension.h takes ~4x longer to compile); the pybind11
 // module is appended by load_inline.
 #include <ATen/Parallel.h>
