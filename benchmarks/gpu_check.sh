@@ -34,14 +34,14 @@ for part in $PARTS; do
     tests)
         tests=tests/test_cuda.py
         [ -f tests/test_triton_step.py ] && tests="$tests tests/test_triton_step.py"
-        timeout 300 python3 -m pytest -q -rfEs -p no:cacheprovider $tests \
+        timeout 220 python3 -m pytest -q -rfEs -p no:cacheprovider $tests \
             --junitxml="$OUT/cuda_tests.xml" > "$OUT/cuda_tests.log" 2>&1 || status=1
         tail -40 "$OUT/cuda_tests.log" ;;
     kernel)
         [ -f benchmarks/gpu_kernel_check.py ] && \
             { timeout 150 python3 benchmarks/gpu_kernel_check.py "$OUT/kernel_check.json" || status=1; } ;;
     speed)
-        timeout 240 python3 benchmarks/step_speed.py --device cuda --rounds 5,5,3 --steps 5 \
+        timeout 200 python3 benchmarks/step_speed.py --device cuda --rounds 5,4,3 --steps 5 \
             --out "$OUT" > "$OUT/step_speed_cuda.log" 2>&1 || status=1
         tail -45 "$OUT/step_speed_cuda.log" ;;
     bench)

@@ -98,9 +98,12 @@ def optimizer_factories(fused: bool = True, cpp: bool = True
     if DEVICE.type != "cpu":  # the C++ kernel is CPU-only; per-tensor loops are no GPU choice
         factories = {k: v for k, v in factories.items()
                      if "(cpp)" not in k and "(per-tensor)" not in k}
+        # on CUDA PSDASGD's default is the Triton kernel: the foreach row asks for foreach
+        factories["PSDASGD (foreach)"] = lambda p: lrfree.PSDASGD(p, fused=False)
+        factories["PSDASGD (kernel)"] = lambda p: lrfree.PSDASGD(p, fused=True)
         # without the non-finite check: no host sync at all (what GradScaler users run)
-        factories["PSDASGD (foreach, unchecked)"] = \
-            lambda p: lrfree.PSDASGD(p, nonfinite="unchecked")
+        factories["PSDASGD (kernel, unchecked)"] = \
+            lambda p: lrfree.PSDASGD(p, fused=True, nonfinite="unchecked")
         factories["PSSPS (foreach, unchecked)"] = lambda p: lrfree.PSSPS(p, nonfinite="unchecked")
     elif not cpp or not _cpp_available():
         factories = {k: v for k, v in factories.items() if "(cpp)" not in k}

@@ -252,7 +252,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
                 "load_state_dict(opt.state_dict()) into it")
         state.update({k: v for k, v in vars(self).items()
                       if k in ("_foreach", "_nonfinite", "_state_dtype", "_loss_group",
-                               "_scaling")})
+                               "_scaling", "_fused")})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
