@@ -14,6 +14,8 @@ Keys (BUDGET is a folder of benchmarks/results, quick or full):
   BUDGET:ratio:TASK:METHOD      mean / mean of the best Adam on TASK, 2 decimals
   BUDGET:compared               how many LR-free methods ran on every task
   BUDGET:ntasks                 how many tasks have LR-free runs
+  gpu:ratio:SIZE:LABEL          GPU step time / AdamW (fused)'s (step_speed_cuda.json)
+  gpu:ms:SIZE:LABEL             GPU median step time in ms
 The standing tables of the optimizer pages (header `task | optimizer | ...`) are copied
 cell for cell from the per-task tables of the quick report.
 """
@@ -46,6 +48,8 @@ def _tasks(budget: str) -> dict[str, TaskResults]:
 def value(key: str) -> str:
     """The figure `key` names, formatted as the pages print it."""
     budget, kind, *rest = key.split(":")
+    if budget == "gpu":
+        return _gpu_value(kind, rest)
     tasks = _tasks(budget)
     if kind == "rank":
         return f"{mean_ranks(tasks)[rest[0]][0]:.2f}"
@@ -62,6 +66,20 @@ def value(key: str) -> str:
         ratio = task.rows[rest[1]].mean() / best.mean() if best is not None else math.nan
         return f"{ratio:.2f}"
     raise KeyError(f"unknown figure kind {kind!r} in {key!r}")
+
+
+def _gpu_value(kind: str, rest: list[str]) -> str:
+    """gpu:ratio:SIZE:LABEL (median step time / AdamW fused's, 2 decimals) and
+    gpu:ms:SIZE:LABEL (median step in ms, 1 decimal), from the committed GPU step-speed run
+    (benchmarks/results/gpu/step_speed_cuda.json; LABEL with '_' for spaces)."""
+    import json
+    saved = json.loads((RESULTS / "gpu" / "step_speed_cuda.json").read_text())
+    row = saved["sizes"][rest[0]]["optimizers"][rest[1].replace("_", " ")]
+    if kind == "ratio":
+        return f"{row['ratio_to_AdamW (fused)']['median']:.2f}"
+    if kind == "ms":
+        return f"{row['median_ms']:.1f}"
+    raise KeyError(f"unknown gpu figure kind {kind!r}")
 
 
 def _cells(line: str) -> list[str]:
