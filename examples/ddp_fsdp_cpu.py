@@ -78,6 +78,9 @@ def main() -> None:
     if rank == 0 and args.save:
         torch.save({"init": init, "params": params, "losses": losses, "effective_lr": lrs},
                    args.save)
+    # every rank reaches teardown together: rank 1 used to tear its gloo group down while
+    # rank 0 was still saving (see docs/distributed.md, "Teardown")
+    dist.barrier()
     dist.destroy_process_group()
 
 
