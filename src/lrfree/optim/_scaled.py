@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from lrfree import averaging
-from lrfree.optim._base import Bucket, LRFreeOptimizer, dots, sq_norms, sum_sq, total
+from lrfree.optim._base import (
+    Bucket, LRFreeOptimizer, check_choice, dots, sq_norms, sum_sq, total,
+)
 from lrfree.scaling import Scaling
 
 ALPHA_NORMS = ("initial", "running", "none")
@@ -222,3 +224,25 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
                              group0["average_power"])
         for group in self.param_groups:
             group["effective_lr"] = step * group["lr"] * norm
+
+
+def check_fused(opt: LRFreeOptimizer, fused: bool | None) -> bool | None:
+    """Validate ``fused=`` (the Triton step of :mod:`lrfree.kernels.triton_step`): True
+    where it can never run is an error naming why."""
+    check_choice("fused", fused, (None, True, False))
+    if fused:
+        from lrfree.kernels import triton_step
+        reason = triton_step.static_reason(opt, check_params=True)
+        if reason is not None:
+            raise ValueError(f"fused=True is not supported here: {reason}; use fused=None "
+                             "(the kernel where supported) or fused=False")
+    return fused
+
+
+def fused_step(opt: LRFreeOptimizer, buckets: list[Bucket], loss: Tensor | None) -> bool:
+    """The dispatch to the fused Triton step: True if it took this step (on CUDA, in
+    steady state, where supported), False to take the eager step."""
+    if getattr(opt, "_fused", None) is False:
+        return False
+    from lrfree.kernels import triton_step
+    return triton_step.try_step(opt, buckets, loss)

@@ -68,6 +68,11 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             training weights back; ``with opt.averaged(): ...`` does both.
         average_power: p of the averaging weights (default 8).
         foreach: multi-tensor kernels (default: where available) or one tensor at a time.
+        fused: the one-pass Triton step on CUDA (:mod:`lrfree.kernels.triton_step`). None
+            (default): used where supported (CUDA, triton installed, ``scaling="adam"``,
+            ``alpha_norm="initial"``, float32/float64 parameters, contiguous tensors, no
+            sharding), else the foreach step (same result to float rounding); True: an
+            unsupported configuration is a ValueError; False: never.
         nonfinite: "skip" (default: a step with a non-finite gradient or loss is skipped
             and counted in ``group["skipped_steps"]``, nothing changes), "raise", or
             "unchecked" (no check, no host sync).
@@ -106,7 +111,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
                  average: bool = False, average_power: float = 8.0,
                  d0_lr: float | None = None, *,
                  foreach: bool | None = None, nonfinite: str = "skip",
-                 state_dtype: str = "float32", process_group: Any = None) -> None:
+                 state_dtype: str = "float32", process_group: Any = None,
+                 fused: bool | None = None) -> None:
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
@@ -127,8 +133,11 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         # The group keeps the name (state_dict stays plain data); the object may be a
         # user-defined Scaling.
         self._scaling = scaling
+        self._fused = _scaled.check_fused(self, fused)
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
+        if _scaled.fused_step(self, buckets, loss):  # the Triton kernel on CUDA: one pass
+            return
         group0 = self.param_groups[0]
         est, first, norm = self._enter_scaled_space(
             buckets, lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt))

@@ -50,7 +50,8 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
             weights k^p (the Polyak rule has no distance estimate to weight by).
         weight_decay, decouple, scaling, alpha_norm: as in :class:`lrfree.PSDASGD`
             ("running" recomputes N every step).
-        foreach, nonfinite, state_dtype, process_group: as in :class:`lrfree.PSDASGD`.
+        foreach, nonfinite, state_dtype, process_group, fused: as in
+            :class:`lrfree.PSDASGD` (the fused Triton step takes two passes here).
             Under torch.distributed the loss is averaged over the ranks (DDP and FSDP
             give each rank its own batch; the Polyak step must agree everywhere).
         loss_group: the ranks the loss is averaged over: "auto" (default: the
@@ -82,7 +83,8 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
                  alpha_norm: str = "initial", average: bool = False,
                  average_power: float = 8.0, *, foreach: bool | None = None,
                  nonfinite: str = "skip", state_dtype: str = "float32",
-                 process_group: Any = None, loss_group: Any = "auto") -> None:
+                 process_group: Any = None, loss_group: Any = "auto",
+                 fused: bool | None = None) -> None:
         betas = check_betas(betas)
         check_positive("eps", eps, allow_zero=True)
         check_polyak_options(c, f_star, delta, cap_start, cap_growth)
@@ -103,9 +105,12 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
         # The group keeps the name (state_dict stays plain data); the object may be a
         # user-defined Scaling.
         self._scaling = scaling
+        self._fused = _scaled.check_fused(self, fused)
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         assert loss is not None
+        if _scaled.fused_step(self, buckets, loss):  # the Triton kernels on CUDA: two passes
+            return
         group0 = self.param_groups[0]
         est, _, norm = self._enter_scaled_space(buckets, PolyakStep.initial)
         device, dtype = self._device(), self._scalar_dtype()
