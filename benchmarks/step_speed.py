@@ -104,7 +104,13 @@ def optimizer_factories(fused: bool = True, cpp: bool = True
         # without the non-finite check: no host sync at all (what GradScaler users run)
         factories["PSDASGD (kernel, unchecked)"] = \
             lambda p: lrfree.PSDASGD(p, fused=True, nonfinite="unchecked")
-        factories["PSSPS (foreach, unchecked)"] = lambda p: lrfree.PSSPS(p, nonfinite="unchecked")
+        factories["PSSPS (foreach, unchecked)"] = \
+            lambda p: lrfree.PSSPS(p, fused=False, nonfinite="unchecked")
+        # PSSPS's default on CUDA is the Triton kernel (two passes) too
+        factories["PSSPS (foreach)"] = lambda p: lrfree.PSSPS(p, fused=False)
+        factories["PSSPS (kernel)"] = lambda p: lrfree.PSSPS(p, fused=True)
+        factories["PSSPS (kernel, unchecked)"] = \
+            lambda p: lrfree.PSSPS(p, fused=True, nonfinite="unchecked")
     elif not cpp or not _cpp_available():
         factories = {k: v for k, v in factories.items() if "(cpp)" not in k}
     return factories

@@ -21,6 +21,7 @@ mis-indexed tensor or option) moves values by a large fraction of the step.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 
@@ -68,18 +69,20 @@ def _groups(params, variant):
 VARIANTS = {
     "groups": {},
     "one group": {"weight_decay": 0.01},
-    "estimate options": {"d_coef": 0.5, "growth_rate": 1.5, "betas": (0.3, 0.9)},
+    # the rules' own options (each optimizer takes its own): PSSPS's cap must not bind,
+    # or ||g'||^2 would not matter
+    "estimate options": {"d_coef": 0.5, "growth_rate": 1.5, "betas": (0.3, 0.9),
+                         "c": 0.7, "f_star": 1.0, "cap_start": 1.0, "cap_growth": 2.0},
     "average": {"average": True},
 }
-PSSPS_OPTIONS = {"d_coef", "growth_rate"}  # PSDASGD-only keys, dropped for PSSPS
 
 
 def _run(name, device, dtype, fused, variant, steps=12, state_dict=None):
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)
                                  .to(device, dtype)) for s in SHAPES]
-    options = {k: v for k, v in VARIANTS[variant].items()
-               if name == "psdasgd" or k not in PSSPS_OPTIONS}
+    accepted = inspect.signature(OPTIMIZERS[name]).parameters
+    options = {k: v for k, v in VARIANTS[variant].items() if k in accepted}
     if name == "psdasgd":  # a start that moves the parameters within the few steps
         options.setdefault("d0_lr", 1e-2)
     opt = OPTIMIZERS[name](_groups(params, variant), fused=fused, **options)
