@@ -251,6 +251,10 @@ _FIXED: dict[str, OptimizerSpec] = {
               # decoupled weight decay 0.1 (the AdamW value for transformers), against the
               # AdamW sweep with the same decay below (issue 15)
               ("psdasgd-wd0.1", "PSDASGD", {"weight_decay": 0.1}),
+              # the Polyak warm-up (issue 17, docs/algorithms.md §4d): d starts at the
+              # Polyak distance max(loss, 0) / ||g'||, or grows x3 per step towards it
+              ("psdasgd-polyak", "PSDASGD", {"warmup": "polyak"}),
+              ("psdasgd-polyak3", "PSDASGD", {"warmup": "polyak", "warmup_growth": 3.0}),
           ]],
         *[OptimizerSpec(f"adamw-wd0.1@{lr}", "ablation", _adamw(float(lr), 0.1), _group_lr,
                         lr=float(lr)) for lr in SWEEP_LRS_ADAM],

@@ -124,6 +124,8 @@ def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]]
     est = group0.get("estimate")
     if est is None or "alpha_norm" not in est:  # the first step
         return None
+    if type(opt) is PSDASGD and "warming" in est and float(est["warming"]) > 0:
+        return None  # the Polyak warm-up (PSDASGD warmup="polyak") is an eager step
     if type(opt) is PSDASGD and (est["grad_norm0"].device.type != "cpu" or
                                  not load().is_positive(est["grad_norm0"])):
         # before the first non-zero gradient G0 is 0 and this step would fix it: eager

@@ -1,11 +1,13 @@
 """PS-DA-SGD: D-Adaptation SGD run in the parameter-scaled space of Adam."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lrfree import distributed
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
     Bucket, check_betas, check_choice, check_dadapt_start, check_positive, sq_norms, total,
@@ -62,6 +64,13 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             (docs/algorithms.md, "Where the estimate starts").
         d_coef: multiplier on the estimate ``d_hat``; < 1 is more conservative.
         growth_rate: bound on the growth of ``d`` per step (default: unbounded).
+        warmup: "none" (default: D-Adaptation's estimate alone) or "polyak": ``d`` is also
+            raised towards the Polyak distance ``P = max(loss, 0) / ||g'||`` in scaled units
+            (a lower bound on the distance to the solution for a convex loss with minimum
+            0) until it reaches it once (docs/algorithms.md, "Polyak warm-up"). Needs
+            ``opt.step(loss=loss)``.
+        warmup_growth: with ``warmup="polyak"``, the factor ``d`` may grow by per step
+            towards P (default inf: ``d`` starts at ``max(start, P)`` at the first step).
         average: keep a weighted average of the iterates (weights d_k^2 k^p, see
             :mod:`lrfree.averaging`; one more state tensor). ``opt.eval()`` puts the
             average into the model for evaluation and export, ``opt.train()`` puts the
@@ -109,7 +118,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
                  d0: float | None = None,
                  d_coef: float = 1.0, growth_rate: float = float("inf"),
                  average: bool = False, average_power: float = 8.0,
-                 d0_lr: float | None = None, *,
+                 d0_lr: float | None = None, *, warmup: str = "none",
+                 warmup_growth: float = float("inf"),
                  foreach: bool | None = None, nonfinite: str = "skip",
                  state_dtype: str = "float32", process_group: Any = None,
                  fused: bool | None = None) -> None:
@@ -118,6 +128,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         check_positive("weight_decay", weight_decay, allow_zero=True)
         d0, d0_lr = check_dadapt_start(d0, d0_lr, d_coef, growth_rate)
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
+        check_warmup(warmup, warmup_growth, fused)
         check_choice("average", average, (True, False))
         check_positive("average_power", average_power, allow_zero=True)
         scaling = get_scaling(scaling)
@@ -127,13 +138,16 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decouple=bool(decouple), scaling=scaling.name, alpha_norm=alpha_norm,
                         d0=d0, d_coef=d_coef, growth_rate=growth_rate, average=average,
-                        average_power=average_power, d0_lr=d0_lr, d=d0, d_hat=0.0)
+                        average_power=average_power, d0_lr=d0_lr, d=d0, d_hat=0.0,
+                        warmup=warmup, warmup_growth=warmup_growth)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
                          state_dtype=state_dtype, process_group=process_group)
         # The group keeps the name (state_dict stays plain data); the object may be a
         # user-defined Scaling.
         self._scaling = scaling
         self._fused = _scaled.check_fused(self, fused)
+        if warmup != "none" and not math.isinf(warmup_growth):
+            self._fused = False  # the kernels take steady-state steps only (check_warmup)
 
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         if _scaled.fused_step(self, buckets, loss):  # the Triton kernel on CUDA: one pass
@@ -182,10 +196,17 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             est["d"] = torch.where(est["grad_norm0"] > 0, est["d"],
                                    group0["d0_lr"] * torch.sqrt(est["live_count"].clamp(min=1)))
         DAdaptEstimate.set_grad_norm0(est, sq_norm_g, sq_norm_loss)
+        warm_loss = self._warmup_loss(est, loss) if group0["warmup"] == "polyak" else None
+        jump = warm_loss is not None and math.isinf(group0["warmup_growth"])
+        if jump:  # the first-step estimate d_1 = max(start, P_1), before the step uses it
+            DAdaptEstimate.polyak_warmup(est, warm_loss, sq_norm_g, math.inf, est["d"])
         lam = self._base_step(est, sq_norm_g, group0)
         d_used = est["d"]
         DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"],
                               group0["d_coef"])
+        if warm_loss is not None and not jump:  # d grows x warmup_growth towards P
+            DAdaptEstimate.polyak_warmup(est, warm_loss, sq_norm_g, group0["warmup_growth"],
+                                         d_used)
         for b in buckets:  # s += lam * gamma * g', as one addcmul with a 0-d multiplier
             step = (lam * b.group["lr"]).to(b.scaled[0].dtype)
             multipliers = [step] * len(b.scaled) if b.scaled_coefs is None \
@@ -194,6 +215,16 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         self._take_step(buckets, est, lam, norm, d_used)
         for group in self.param_groups:
             group["d"], group["d_hat"] = est["d"], est["d_hat"]
+
+    def _warmup_loss(self, est: dict[str, Tensor], loss: Tensor | None) -> Tensor:
+        """The loss for the Polyak warm-up, the same on every rank; starts the warm-up."""
+        if loss is None:
+            raise ValueError('PSDASGD(warmup="polyak") needs the mini-batch loss: call '
+                             "opt.step(loss=loss) after loss.backward(), or opt.step(closure)")
+        if "warming" not in est:
+            est["warming"] = torch.ones((), device=est["d"].device, dtype=est["d"].dtype)
+        return distributed.average(loss, distributed.loss_group(self._shard_group,
+                                                                self._loss_group))
 
     def _base_step(self, est: dict[str, Tensor], sq_norm_g: Tensor,
                    group0: dict[str, Any]) -> Tensor:
@@ -207,6 +238,17 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         # no non-zero gradient yet: no step (as base_step does with G0 = 0), not d / 0
         return torch.where(corrected > 0, est["d"] / torch.sqrt(corrected),
                            torch.zeros_like(corrected))
+
+
+def check_warmup(warmup: str, warmup_growth: float, fused: bool | None) -> None:
+    check_choice("warmup", warmup, ("none", "polyak"))
+    check_positive("warmup_growth", warmup_growth, allow_inf=True)
+    if warmup_growth <= 1:
+        raise ValueError(f"warmup_growth={warmup_growth!r} is invalid: it must be > 1 "
+                         "(the factor d may grow by per step; inf: at once)")
+    if warmup != "none" and not math.isinf(warmup_growth) and fused:
+        raise ValueError("fused=True cannot run warmup_growth < inf: the fused kernels take "
+                         "steady-state steps only; use fused=None or warmup_growth=inf")
 
 
 def add_decoupled_decay(b: Bucket, weight_decay: float) -> None:

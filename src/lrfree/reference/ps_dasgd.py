@@ -14,14 +14,15 @@ class PSDASGDReference(torch.optim.Optimizer):
 
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decouple=True, scaling="adam", alpha_norm="initial", d0=None, d_coef=1.0,
-                 growth_rate=math.inf, d0_lr=None):
+                 growth_rate=math.inf, d0_lr=None, warmup="none", warmup_growth=math.inf):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple))
         if d0 is None:  # the default start: the first effective lr is d0_lr (1e-6)
             d0, d0_lr = 1e-6, 1e-6 if d0_lr is None else d0_lr
         self.scaling, self.alpha_norm = scaling, alpha_norm
         self.d_coef, self.growth_rate, self.d0_lr = d_coef, growth_rate, d0_lr
-        self.scalars = dict(d=d0, d_hat=0.0, r=0.0, N0=None, G0=0.0, k=0, u=0.0)
+        self.warmup, self.warmup_growth = warmup, warmup_growth
+        self.scalars = dict(d=d0, d_hat=0.0, r=0.0, N0=None, G0=0.0, k=0, u=0.0, warming=1.0)
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
@@ -48,9 +49,16 @@ class PSDASGDReference(torch.optim.Optimizer):
             sc["n_live"] = sum(int((grads[p] != 0).sum()) for _, p in items)
         if sc["G0"] == 0 and self.d0_lr is not None:  # first effective lr d0_lr (Adam's a)
             sc["d"] = self.d0_lr * math.sqrt(max(sc["n_live"], 1))
-        sc["d_used"] = sc["d"]  # the d of this step (iterate-averaging weight d_k^2)
         if sc["G0"] == 0 and loss_sq > 0:  # decay included, once the loss gradient is not 0
             sc["G0"] = math.sqrt(sq_norm)
+        # Polyak warm-up: P = max(loss, 0) / ||g'|| (decay included), a distance in scaled
+        # units; d rises to min(P, warmup_growth * d_k) until it reaches P once
+        warming = self.warmup == "polyak" and sc["warming"] > 0 and sc["G0"] > 0
+        polyak = max(float(loss), 0.0) / math.sqrt(sq_norm) if warming and sq_norm > 0 else 0.0
+        if warming and math.isinf(self.warmup_growth):  # at once, before the first step
+            sc["d"] = max(sc["d"], polyak)
+            sc["warming"] = 0.0
+        sc["d_used"] = sc["d"]  # the d of this step (iterate-averaging weight d_k^2)
         if self.alpha_norm == "running":
             beta2 = self.param_groups[0]["betas"][1]
             sc["u"] = beta2 * sc["u"] + (1 - beta2) * sq_norm
@@ -69,6 +77,10 @@ class PSDASGDReference(torch.optim.Optimizer):
         d_hat = 2 * sc["r"] / s_norm if s_norm > 0 else 0.0
         sc["d_hat"] = d_hat
         d_next = max(sc["d"], min(self.d_coef * d_hat, self.growth_rate * sc["d"]))
+        if warming and not math.isinf(self.warmup_growth):
+            d_next = max(d_next, min(polyak, self.warmup_growth * sc["d"]))
+            if polyak <= d_next:
+                sc["warming"] = 0.0
 
         for group, p in items:  # x <- x - lam_g N m_hat / a (decoupled decay first)
             lr = lam * group["lr"] * n

@@ -90,3 +90,27 @@ class DAdaptEstimate:
         est["d_hat"] = d_hat
         est["d"] = torch.maximum(d, bound)
         est["step"] = est["step"] + 1
+
+    @staticmethod
+    def polyak_warmup(est: dict[str, Tensor], loss: Tensor, sq_norm_g: Tensor,
+                      growth: float, d_ref: Tensor) -> None:
+        """The Polyak warm-up of ``d`` (option ``warmup="polyak"``, docs/algorithms.md §4d).
+
+        ``P = max(loss, 0) / ||g'||`` is the Polyak distance in scaled units: for a convex
+        loss whose minimum is 0, ``loss <= <g', y - y*> <= ||g'|| ||y - y*||``, so P is a
+        lower bound on the distance to the solution, like ``d_hat``. While the warm-up is
+        on (``est["warming"] > 0``), ``d`` rises to ``min(P, growth * d_ref)``; it ends for
+        good at the first step where that reaches P (with ``growth = inf``: at once, the
+        first-step estimate). Steps before G0 is fixed (all gradients zero) leave it alone.
+        P is invariant to the scale of alpha and of the loss (both of its factors scale
+        alike), so requirement 1 holds; it never lowers ``d``.
+        """
+        zero = torch.zeros_like(est["d"])
+        polyak = torch.where(sq_norm_g > 0,
+                             torch.clamp(loss.to(zero.dtype), min=0.0) /
+                             torch.sqrt(torch.where(sq_norm_g > 0, sq_norm_g, zero + 1)), zero)
+        target = polyak if math.isinf(growth) else torch.minimum(polyak, growth * d_ref)
+        active = (est["warming"] > 0) & (est["grad_norm0"] > 0)
+        d = torch.where(active, torch.maximum(est["d"], target), est["d"])
+        est["warming"] = torch.where(active & ~(polyak > d), zero, est["warming"])
+        est["d"] = d
