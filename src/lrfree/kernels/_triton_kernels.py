@@ -154,7 +154,7 @@ def _psdasgd_block(table, n_tensors, t, offs, n, pid, opt_ptr, lam, norm, rb2, b
 
 
 @triton.jit
-def psdasgd_kernel(table, block_tensor, block_start, numels, powers, opt_ptr, lam_ptr,
+def psdasgd_kernel(table, block_tensor, block_start, numels, powers, opt_ptr, d_ptr, g0_ptr,
                    norm_ptr, partial_ptr, n_tensors, DTYPE: tl.constexpr, IS64: tl.constexpr,
                    MOMENTUM: tl.constexpr, DECOUPLED: tl.constexpr, COUPLED: tl.constexpr,
                    ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
@@ -164,7 +164,7 @@ def psdasgd_kernel(table, block_tensor, block_start, numels, powers, opt_ptr, la
     # powers: [beta1^k; beta2^k] for each tensor's own step count k
     bc1 = 1.0 - tl.load(powers + t)
     rb2 = _sqrt(1.0 - tl.load(powers + n_tensors + t), IS64)
-    lam = tl.load(lam_ptr)
+    lam = base_step(tl.load(d_ptr), tl.load(g0_ptr), IS64)  # d_k / G0, known before the pass
     norm = tl.load(norm_ptr)
     if full:
         _psdasgd_block(table, n_tensors, t, offs, n, pid, opt_ptr, lam, norm, rb2, bc1,
@@ -252,3 +252,75 @@ def pssps_step_kernel(table, block_tensor, block_start, numels, powers, opt_ptr,
     else:
         _pssps_step_block(table, n_tensors, t, offs, n, opt_ptr, lr, rb2, bc1, DTYPE, IS64,
                           MOMENTUM, DECOUPLED, COUPLED, ALIGNED, True)
+
+
+# ------------------------------------------------------------------ scalar rules
+# One program each, on 0-d tensors: the estimate's update in one launch where the eager
+# step takes ~30 small ones. Constants (d0_lr, d_coef, ...) come in a small tensor of the
+# state dtype (a Python float argument would be a float32 scalar and round float64 runs).
+# Outputs are fresh tensors, as the eager step's are.
+D0_LR, D_COEF, GROWTH = (tl.constexpr(i) for i in range(3))
+F_STAR, C, DELTA, CAP_START, CAP_GROWTH = (tl.constexpr(i) for i in range(5))
+
+
+@triton.jit
+def base_step(d, g0, IS64: tl.constexpr):
+    """lambda / gamma = d / G0 (0 before G0 is fixed), as DAdaptEstimate.base_step."""
+    return tl.where(g0 > 0, _div(d, tl.where(g0 > 0, g0, 1.0), IS64), 0.0)
+
+
+@triton.jit
+def dadapt_kernel(sums, rule_ptr, d_ptr, g0_ptr, r_ptr, step_ptr, count_ptr, d_out, d_hat_out,
+                  r_out, g0_out, step_out, lam_out, d_used_out, IS64: tl.constexpr,
+                  START: tl.constexpr, DECAYED: tl.constexpr, GROWTH_BOUND: tl.constexpr):
+    """PS-DA-SGD's scalars after the pass, from the five sums (gamma <g', s>, ||g'||^2,
+    gamma^2 ||g'||^2, ||s||^2, the loss gradient's ||g'||^2): the start of d, G0, then
+    DAdaptEstimate.update, in the eager step's order of operations."""
+    dot = tl.load(sums)
+    sq = tl.load(sums + 1)
+    sq_weighted = tl.load(sums + 2)
+    sq_s = tl.load(sums + 3)
+    d = tl.load(d_ptr)
+    g0 = tl.load(g0_ptr)
+    lam = base_step(d, g0, IS64)  # the pass's lambda: taken before G0 may be fixed
+    if START:  # d_1 = d0_lr sqrt(n) at the step that fixes G0
+        start = tl.load(rule_ptr + D0_LR) * _sqrt(tl.maximum(tl.load(count_ptr), 1.0), IS64)
+        d = tl.where(g0 > 0, d, start)
+    fresh = _sqrt(sq, IS64)
+    if DECAYED:  # the decay alone does not fix G0
+        fresh = tl.where(tl.load(sums + 4) > 0, fresh, 0.0)
+    g0 = tl.where(g0 > 0, g0, fresh)
+    r = tl.load(r_ptr) + lam * dot
+    sq_s_new = sq_s + 2.0 * lam * dot + lam * lam * sq_weighted
+    positive = sq_s_new > 0
+    d_hat = tl.where(positive, _div(2.0 * r, _sqrt(tl.where(positive, sq_s_new, 1.0), IS64),
+                                    IS64), 0.0)
+    bound = tl.load(rule_ptr + D_COEF) * d_hat
+    if GROWTH_BOUND:
+        bound = tl.minimum(bound, tl.load(rule_ptr + GROWTH) * d)
+    tl.store(d_out, tl.maximum(d, bound))
+    tl.store(d_hat_out, d_hat)
+    tl.store(r_out, r)
+    tl.store(g0_out, g0)
+    tl.store(step_out, tl.load(step_ptr) + 1.0)
+    tl.store(lam_out, lam)
+    tl.store(d_used_out, d)
+
+
+@triton.jit
+def polyak_kernel(sq_ptr, loss_ptr, rule_ptr, cap_ptr, floor_ptr, step_ptr, eta_out, cap_out,
+                  floor_out, step_out, IS64: tl.constexpr):
+    """PS-SPS's step from ||g'||^2 and the loss, as PolyakStep.update."""
+    sq = tl.load(sq_ptr)
+    excess = tl.maximum(tl.load(loss_ptr) - tl.load(rule_ptr + F_STAR), 0.0)
+    eta_polyak = tl.where(sq > 0, _div(excess, tl.load(rule_ptr + C) * sq
+                                       + tl.load(rule_ptr + DELTA), IS64), 0.0)
+    floor = tl.load(floor_ptr)
+    floor = tl.where(floor > 0, floor, tl.load(rule_ptr + CAP_START) * eta_polyak)
+    cap = tl.load(cap_ptr)
+    cap = tl.where(cap > 0, cap, floor)
+    eta = tl.minimum(eta_polyak, cap)
+    tl.store(eta_out, eta)
+    tl.store(cap_out, tl.load(rule_ptr + CAP_GROWTH) * tl.maximum(eta, floor))
+    tl.store(floor_out, floor)
+    tl.store(step_out, tl.load(step_ptr) + 1.0)

@@ -42,6 +42,7 @@ lambda before it reads the gradient). With the non-finite check such a step fixe
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
@@ -49,8 +50,6 @@ from torch import Tensor
 
 from lrfree import averaging
 from lrfree.optim._base import Bucket
-from lrfree.rules.dadapt import DAdaptEstimate
-from lrfree.rules.polyak import PolyakStep
 
 #: elements per program, and warps per program (8 float32 elements per thread: two
 #: 16-byte loads of each tensor in flight)
@@ -274,14 +273,29 @@ def _launch_args(tables: _Tables) -> tuple[Any, ...]:
     return (tables.pointers, *tables.blocks)
 
 
+def _rule_options(opt: Any, values: list[float], dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """The scalar rule's constants on the device, copied again only when one changes."""
+    key = (tuple(values), dtype, device)
+    cached = opt.__dict__.get("_triton_rule")
+    if cached is None or cached[0] != key:
+        cached = opt._triton_rule = (key, _to_device(values, dtype, device))
+    return cached[1]
+
+
+def _scalars(count: int, like: Tensor) -> list[Tensor]:
+    return [torch.empty((), device=like.device, dtype=like.dtype) for _ in range(count)]
+
+
 def _psdasgd_step(opt: Any, buckets: list[Bucket]) -> None:
-    """One steady-state PS-DA-SGD step through the kernel (as PSDASGD._update)."""
+    """One steady-state PS-DA-SGD step through the kernels (as PSDASGD._update): the pass
+    over the elements (one launch per bucket), one ``sum`` of the blocks' partial sums, and
+    the estimate's update (one launch)."""
     kernels = _kernels()
     group0 = opt.param_groups[0]
     est = group0["estimate"]
     device, dtype = opt._device(), opt._scalar_dtype()
     norm = est["alpha_norm"]
-    lam = DAdaptEstimate.base_step(est)  # lambda / gamma = d / G0, known before the pass
     all_tables = [opt._triton_tables[i] for i in range(len(buckets))]
     partials = torch.empty((sum(t.n_blocks for t in all_tables), 5), device=device,
                            dtype=dtype)
@@ -293,29 +307,34 @@ def _psdasgd_step(opt: Any, buckets: list[Bucket]) -> None:
             continue
         group = b.group
         kernels.psdasgd_kernel[(tables.n_blocks,)](
-            *_launch_args(tables), powers, options, lam, norm,
+            *_launch_args(tables), powers, options, est["d"], est["grad_norm0"], norm,
             partials[row:row + tables.n_blocks], len(tables.live),
             MOMENTUM=group["betas"][0] > 0,
             DECOUPLED=group["weight_decay"] != 0 and group["decouple"],
             ALIGNED=tables.aligned, BLOCK=BLOCK, num_warps=NUM_WARPS, **_flags(b))
         row += tables.n_blocks
-    dot, sq_norm_g, sq_weighted, sq_norm_s, sq_norm_loss = partials.sum(0).unbind()
-    # as the eager step; both are no-ops once G0 is fixed
-    if group0["d0_lr"] is not None:
-        est["d"] = torch.where(est["grad_norm0"] > 0, est["d"],
-                               group0["d0_lr"] * torch.sqrt(est["live_count"].clamp(min=1)))
-    decayed = any(g["weight_decay"] != 0 and g["decouple"] for g in opt.param_groups)
-    DAdaptEstimate.set_grad_norm0(est, sq_norm_g, sq_norm_loss if decayed else None)
-    d_used = est["d"]
-    DAdaptEstimate.update(est, lam, dot, sq_weighted, sq_norm_s, group0["growth_rate"],
-                          group0["d_coef"])
+    sums = partials.sum(0)
+    start = group0["d0_lr"] is not None
+    growth = group0["growth_rate"]
+    rule = _rule_options(opt, [group0["d0_lr"] if start else 0.0, group0["d_coef"],
+                               0.0 if math.isinf(growth) else growth], dtype, device)
+    d, d_hat, r, g0, step, lam, d_used = _scalars(7, norm)
+    kernels.dadapt_kernel[(1,)](
+        sums, rule, est["d"], est["grad_norm0"], est["r"], est["step"],
+        est["live_count"] if start else est["d"], d, d_hat, r, g0, step, lam, d_used,
+        IS64=dtype == torch.float64, START=start,
+        DECAYED=any(g["weight_decay"] != 0 and g["decouple"] for g in opt.param_groups),
+        GROWTH_BOUND=not math.isinf(growth), num_warps=1)
+    est.update(d=d, d_hat=d_hat, r=r, grad_norm0=g0, step=step)
     _finish(opt, buckets, est, lam, norm, d_used)
     for group in opt.param_groups:
-        group["d"], group["d_hat"] = est["d"], est["d_hat"]
+        group["d"], group["d_hat"] = d, d_hat
 
 
 def _pssps_step(opt: Any, buckets: list[Bucket], loss: Tensor) -> None:
-    """One steady-state PS-SPS step through the kernels (as PSSPS._update)."""
+    """One steady-state PS-SPS step through the kernels (as PSSPS._update): the first pass
+    (v and the partial sums of ||g'||^2) per bucket, one ``sum``, the Polyak step (one
+    launch), the second pass (m and x) per bucket."""
     kernels = _kernels()
     group0 = opt.param_groups[0]
     est = group0["estimate"]
@@ -336,9 +355,13 @@ def _pssps_step(opt: Any, buckets: list[Bucket], loss: Tensor) -> None:
             ALIGNED=tables.aligned, BLOCK=BLOCK, num_warps=NUM_WARPS, **_flags(b))
         row += tables.n_blocks
         launched.append((b, tables, options, powers))
-    eta = PolyakStep.update(est, loss.to(device, dtype), partials.sum(), group0["f_star"],
-                            group0["c"], group0["delta"], group0["cap_start"],
-                            group0["cap_growth"])
+    rule = _rule_options(opt, [group0["f_star"], group0["c"], group0["delta"],
+                               group0["cap_start"], group0["cap_growth"]], dtype, device)
+    eta, cap, floor, step = _scalars(4, norm)
+    kernels.polyak_kernel[(1,)](
+        partials.sum(), loss.to(device, dtype), rule, est["cap"], est["floor"], est["step"],
+        eta, cap, floor, step, IS64=dtype == torch.float64, num_warps=1)
+    est.update(eta=eta, cap=cap, floor=floor, step=step)
     for b, tables, options, powers in launched:
         group = b.group
         kernels.pssps_step_kernel[(tables.n_blocks,)](
