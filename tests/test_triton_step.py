@@ -165,6 +165,29 @@ def test_kernel_after_load_state_dict(device, name):
     assert_equal_to_rounding(params_k, opt_k, params_e, opt_e, torch.float64)
 
 
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_unaligned_tensors(device, name):
+    """A parameter that is a view at an odd offset: no 16-byte alignment, no vector loads
+    (the kernel's other variant), the same step."""
+    results = []
+    for fused in (None, False):
+        buffer = torch.arange(2 * BLOCK_PLUS, device=device, dtype=torch.float32) / BLOCK_PLUS
+        params = [torch.nn.Parameter(buffer[1:1 + BLOCK_PLUS]),
+                  torch.nn.Parameter(torch.ones(7, device=device))]
+        opt = OPTIMIZERS[name](params, fused=fused)
+        for k in range(4):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (k + 1)) + 0.1
+            opt.step(loss=1.0) if name == "pssps" else opt.step()
+        results.append((params, opt))
+    assert not results[0][1]._triton_tables[0].aligned
+    assert_equal_to_rounding(*results[0], *results[1], torch.float32)
+
+
+BLOCK_PLUS = triton_step.BLOCK + 3
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_kernel_not_used_where_unsupported(device):
     for options in ({"scaling": "amsgrad"}, {"alpha_norm": "running"}, {"foreach": False}):

@@ -139,7 +139,7 @@ def try_step(opt: Any, buckets: list[Bucket], loss: Tensor | None) -> bool:
 
 
 def _bucket_reason(opt: Any, buckets: list[Bucket]) -> str | None:
-    dtype = opt._scalar_dtype()
+    dtype = opt.param_groups[0]["estimate"]["alpha_norm"].dtype  # the scalars' dtype
     cache = opt.__dict__.setdefault("_triton_tables", {})
     for index, b in enumerate(buckets):
         if not _on_supported_device(b.params[0]):
@@ -147,7 +147,7 @@ def _bucket_reason(opt: Any, buckets: list[Bucket]) -> str | None:
         if b.params[0].dtype not in (torch.float32, torch.float64):
             return "parameters not float32 or float64 (bf16/fp16 take the eager step)"
         if b.params[0].dtype != dtype:
-            return "parameters of mixed dtypes"
+            return "parameters of mixed dtypes (the estimate's dtype differs)"
         tables = cache.get(index)
         if tables is None:
             tables = cache[index] = _Tables()
@@ -294,8 +294,8 @@ def _psdasgd_step(opt: Any, buckets: list[Bucket]) -> None:
     kernels = _kernels()
     group0 = opt.param_groups[0]
     est = group0["estimate"]
-    device, dtype = opt._device(), opt._scalar_dtype()
     norm = est["alpha_norm"]
+    device, dtype = norm.device, norm.dtype
     all_tables = [opt._triton_tables[i] for i in range(len(buckets))]
     partials = torch.empty((sum(t.n_blocks for t in all_tables), 5), device=device,
                            dtype=dtype)
@@ -338,8 +338,8 @@ def _pssps_step(opt: Any, buckets: list[Bucket], loss: Tensor) -> None:
     kernels = _kernels()
     group0 = opt.param_groups[0]
     est = group0["estimate"]
-    device, dtype = opt._device(), opt._scalar_dtype()
     norm = est["alpha_norm"]
+    device, dtype = norm.device, norm.dtype
     all_tables = [opt._triton_tables[i] for i in range(len(buckets))]
     partials = torch.empty(sum(t.n_blocks for t in all_tables), device=device, dtype=dtype)
     launched = []
