@@ -41,6 +41,7 @@ lambda before it reads the gradient). With the non-finite check such a step fixe
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -130,20 +131,26 @@ def try_step(opt: Any, buckets: list[Bucket], loss: Tensor | None) -> bool:
                              f"{reason}; use fused=None (the kernel where supported) or False")
         return False
     from lrfree import PSDASGD
-    if type(opt) is PSDASGD:
-        _psdasgd_step(opt, buckets)
-    else:
-        assert loss is not None
-        _pssps_step(opt, buckets, loss)
+    device = est["alpha_norm"].device
+    # Triton launches on the current device: make it the parameters'
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        if type(opt) is PSDASGD:
+            _psdasgd_step(opt, buckets)
+        else:
+            assert loss is not None
+            _pssps_step(opt, buckets, loss)
     return True
 
 
 def _bucket_reason(opt: Any, buckets: list[Bucket]) -> str | None:
-    dtype = opt.param_groups[0]["estimate"]["alpha_norm"].dtype  # the scalars' dtype
+    norm = opt.param_groups[0]["estimate"]["alpha_norm"]  # the scalars' device and dtype
+    dtype = norm.dtype
     cache = opt.__dict__.setdefault("_triton_tables", {})
     for index, b in enumerate(buckets):
         if not _on_supported_device(b.params[0]):
             return "parameters not on a CUDA device"
+        if b.params[0].device != norm.device:
+            return "parameters on several devices"
         if b.params[0].dtype not in (torch.float32, torch.float64):
             return "parameters not float32 or float64 (bf16/fp16 take the eager step)"
         if b.params[0].dtype != dtype:
