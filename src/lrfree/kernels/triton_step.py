@@ -18,21 +18,26 @@ each program reads which tensor and offset it covers from a block table and the 
 addresses from a table of data pointers, as torch's ``multi_tensor_apply`` does. The tables
 live on the device and are rebuilt (pinned host memory, non-blocking copy) only when an
 address moves; gradients freed by ``zero_grad()`` usually come back at the same addresses.
-The per-block partial sums are added by one ``sum``, and the scalar rules (d, r, d_hat;
-the Polyak step and its cap) run on 0-d device tensors exactly as in the eager step: no
-host sync. A step's launches: per bucket the step counts, the bias-correction powers and
-the pass (PS-SPS: two); then the sum and the scalar rule, for all buckets together.
+The per-block partial sums are added by one ``sum``, and the scalar rule (d, r, d_hat,
+G0; the Polyak step and its cap) is one single-program launch on 0-d device tensors, in
+the eager step's order of operations: no host sync. A step's launches: per bucket the step
+counts, the bias-correction powers and the pass (PS-SPS: two); then the sum, the scalar
+rule and ``effective_lr``, for all buckets together.
 
 Used automatically on CUDA when triton is importable and the step is supported;
 ``fused=False`` turns it off, ``fused=True`` makes an unsupported configuration a
-ValueError. Supported: ``scaling="adam"``, ``alpha_norm="initial"``, no sharding,
-float32 or float64 parameters with state of their dtype (bf16/fp16 parameters take the
-eager step), contiguous tensors, any betas (``beta1 = 0`` included), eps, weight decay in
-both forms, averaging, per-group ``lr``/``betas``/``eps``/``weight_decay``. The steps
+ValueError. Supported: ``scaling="adam"``, ``alpha_norm="initial"``, no sharding, float32
+or float64 parameters with state of their dtype, contiguous tensors, any betas
+(``beta1 = 0`` included), eps, weight decay in both forms, averaging, per-group
+``lr``/``betas``/``eps``/``weight_decay``, PSDASGD's Polyak warm-up at once. The steps
 up to the one that fixes N (the first, or with the non-finite check the first with a
 non-zero gradient) run the eager step. The tests check the kernel against the eager
 foreach step (tests/test_triton_step.py: on the CPU through Triton's interpreter,
 ``TRITON_INTERPRET=1``; on CUDA for real).
+
+bf16/fp16 parameters take the eager step: the kernel could keep them with float32 state,
+but Triton's CPU interpreter rounds float32 to bf16 by truncation where a GPU (and torch)
+rounds to nearest even, so the tests could not check that path.
 
 One known difference: with ``nonfinite="unchecked"`` a first step whose gradients are all
 exactly zero fixes N but not G0 (PS-DA-SGD); the eager step then fixes G0 from the next
@@ -184,11 +189,14 @@ class _Tables:
 
     def check(self, b: Bucket) -> str | None:
         """Validate ``b`` (cheap when nothing moved) and bring the tables up to date."""
-        momentum = b.group["betas"][0] > 0
-        m = b.states["m"] if momentum else b.grads
+        # rows the kernel does not read (m without momentum, s for PS-SPS) hold the
+        # addresses of another row
+        m = b.states["m"] if b.group["betas"][0] > 0 else b.params
         s = b.states.get("s", b.states["v"])
         static = [b.params, m, b.states["v"], s]
-        static_key = tuple(map(Tensor.data_ptr, [t for row in static for t in row]))
+        # the lengths too: a block table must never outlive its tensors' sizes
+        static_key = (*map(Tensor.data_ptr, [t for row in static for t in row]),
+                      *map(Tensor.numel, b.params))
         if static_key != self.static_key or self.static_reason is not None:
             self.static_key, self.grad_key = static_key, None
             self.static_reason = _static_tensor_reason(b, static)
@@ -208,12 +216,11 @@ class _Tables:
         return None
 
     def _build_blocks(self, b: Bucket) -> None:
-        which, start = [], []
-        numels = [b.params[i].numel() for i in self.live]
-        for t, numel in enumerate(numels):
-            for offset in range(0, numel, BLOCK):
-                which.append(t)
-                start.append(offset)
+        numels = torch.tensor([b.params[i].numel() for i in self.live], dtype=torch.int64)
+        counts = (numels + BLOCK - 1) // BLOCK  # blocks per tensor
+        which = torch.repeat_interleave(torch.arange(len(numels)), counts)
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        start = (torch.arange(len(which)) - first) * BLOCK
         device = b.params[0].device
         self.n_blocks = len(which)
         self.blocks = (_to_device(which, torch.int32, device),
@@ -245,9 +252,10 @@ def _static_tensor_reason(b: Bucket, static: list[list[Tensor]]) -> str | None:
     return None
 
 
-def _to_device(values: list[Any], dtype: torch.dtype, device: torch.device) -> Tensor:
+def _to_device(values: list[Any] | Tensor, dtype: torch.dtype, device: torch.device
+               ) -> Tensor:
     """A small host list on the device without a host sync (pinned, non-blocking)."""
-    host = torch.tensor(values, dtype=dtype, device="cpu")
+    host = torch.as_tensor(values, dtype=dtype, device="cpu")
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)
