@@ -242,7 +242,8 @@ def check_fused(opt: LRFreeOptimizer, fused: bool | None) -> bool | None:
 def fused_step(opt: LRFreeOptimizer, buckets: list[Bucket], loss: Tensor | None) -> bool:
     """The dispatch to the fused Triton step: True if it took this step (on CUDA, in
     steady state, where supported), False to take the eager step."""
-    if getattr(opt, "_fused", None) is False:
+    # compiled (lrfree.fused): Inductor fuses the eager step; nothing here to trace
+    if getattr(opt, "_fused", None) is False or torch.compiler.is_compiling():
         return False
     from lrfree.kernels import triton_step
     return triton_step.try_step(opt, buckets, loss)
