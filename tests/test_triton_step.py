@@ -192,6 +192,29 @@ def test_unaligned_tensors(device, name):
 BLOCK_PLUS = triton_step.BLOCK + 3
 
 
+# lambda = 0 divides by a zero step multiplier (d / -0 = -inf, m / -inf = -0), as the
+# eager step does; numpy, under the interpreter, warns
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_all_zero_first_gradient_unchecked(device):
+    """The one documented difference: with nonfinite="unchecked", a first step of zero
+    gradients fixes N but not G0. The kernel's next step takes lambda = 0 (it needs lambda
+    before it reads the gradient) and fixes G0; the eager step fixes G0 and moves at once."""
+    runs = {}
+    for fused in (None, False):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 40, device=device, dtype=torch.float64))
+        opt = lrfree.PSDASGD([p], fused=fused, nonfinite="unchecked")
+        xs = []
+        for k in range(4):
+            p.grad = torch.zeros_like(p) if k == 0 else p.detach() - 0.5
+            opt.step()
+            xs.append(p.detach().clone())
+        runs[fused] = xs, opt.param_groups[0]["estimate"]
+    (kernel, est), (eager, _) = runs[None], runs[False]
+    assert torch.equal(kernel[1], kernel[0]) and not torch.equal(eager[1], eager[0])
+    assert float(est["grad_norm0"]) > 0 and not torch.equal(kernel[2], kernel[1])
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_kernel_not_used_where_unsupported(device):
     for options in ({"scaling": "amsgrad"}, {"alpha_norm": "running"}, {"foreach": False}):
