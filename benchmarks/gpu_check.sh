@@ -41,13 +41,13 @@ for part in $PARTS; do
         [ -f benchmarks/gpu_kernel_check.py ] && \
             { timeout 150 python3 benchmarks/gpu_kernel_check.py "$OUT/kernel_check.json" || status=1; } ;;
     speed)
-        timeout 200 python3 benchmarks/step_speed.py --device cuda --rounds 5,4,3 --steps 5 \
+        timeout 200 python3 benchmarks/step_speed.py --device cuda --rounds 4,3,3 --steps 5 \
             --out "$OUT" > "$OUT/step_speed_cuda.log" 2>&1 || status=1
         tail -45 "$OUT/step_speed_cuda.log" ;;
     bench)
-        export LRFREE_DATA_DIR=${LRFREE_DATA_DIR:-$PWD/.gpudata/fashion-mnist}
+        export LRFREE_DATA_DIR=${LRFREE_DATA_DIR:-$PWD/.gpudata}
         rm -rf /tmp/gpu-bench
-        timeout 150 python3 -m lrfree.bench --device cuda --out /tmp/gpu-bench \
+        timeout 100 python3 -m lrfree.bench --device cuda --out /tmp/gpu-bench \
             > /tmp/gpu-bench.log 2>&1 || status=1
         tail -30 /tmp/gpu-bench.log
         cp /tmp/gpu-bench.log /tmp/gpu-bench/ 2>/dev/null
