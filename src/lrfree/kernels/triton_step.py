@@ -216,11 +216,14 @@ class _Tables:
         return None
 
     def _build_blocks(self, b: Bucket) -> None:
-        numels = torch.tensor([b.params[i].numel() for i in self.live], dtype=torch.int64)
+        # built on the host (on purpose), then copied pinned and non-blocking
+        host = torch.device("cpu")
+        numels = torch.tensor([b.params[i].numel() for i in self.live], dtype=torch.int64,
+                              device=host)
         counts = (numels + BLOCK - 1) // BLOCK  # blocks per tensor
-        which = torch.repeat_interleave(torch.arange(len(numels)), counts)
+        which = torch.repeat_interleave(torch.arange(len(numels), device=host), counts)
         first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        start = (torch.arange(len(which)) - first) * BLOCK
+        start = (torch.arange(len(which), device=host) - first) * BLOCK
         device = b.params[0].device
         self.n_blocks = len(which)
         self.blocks = (_to_device(which, torch.int32, device),

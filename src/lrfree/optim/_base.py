@@ -228,7 +228,10 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             check_lr(group["lr"])
         self._foreach = foreach
         self._nonfinite = nonfinite
-        self._all_grads_zero = False  # set by each checked step (_finite)
+        # set by each checked step (_finite): whether every gradient was exactly zero. A dict
+        # entry, not an attribute: Dynamo (torch 2.11) cannot trace setting an attribute on
+        # the optimizer after the check's graph break, and can trace a dict update.
+        self._step_flags = {"all_grads_zero": False}
         self._state_dtype = state_dtype
         # Configuration, not state: which group the parameters are sharded over.
         self._shard_group = distributed.shard_group(
@@ -257,7 +260,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._all_grads_zero = False
+        self._step_flags = {"all_grads_zero": False}
         self._shard_group = distributed.shard_group(
             [p for g in self.param_groups for p in g["params"]], None)
 
@@ -484,7 +487,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
 
         ``bad``: a 0-d tensor, > 0 where a gradient or the loss is not finite, when the
         caller computed it (lrfree.kernels does, in one C++ read of the gradients). Such a
-        caller takes only steady-state steps, so ``_all_grads_zero`` (read by the step
+        caller takes only steady-state steps, so ``_step_flags["all_grads_zero"]`` (read by the step
         that fixes N) is left as it is.
         """
         if self._nonfinite == "unchecked":
@@ -509,7 +512,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         bad = (~torch.isfinite(torch.stack(peaks))).sum().to(torch.float32) if peaks else \
             torch.zeros((), device=device)
         bad, largest = torch.stack(self._reduce([bad, largest])).tolist()  # the one sync
-        self._all_grads_zero = largest == 0
+        self._step_flags["all_grads_zero"] = largest == 0
         return self._apply_policy(not bad)
 
     def _apply_policy(self, finite: bool) -> bool:

@@ -204,7 +204,7 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
         advance_moments(buckets, self._scaling)
         norm = alpha_normaliser(buckets, est, group0["alpha_norm"], first,
                                 self._scaling.is_identity, self._reduce, device, dtype)
-        if first and getattr(self, "_all_grads_zero", False):
+        if first and getattr(self, "_step_flags", {}).get("all_grads_zero", False):
             # Every gradient was exactly zero (known from the non-finite check's sync): no
             # element is live, and freezing N now would freeze it at eps. The step still
             # counts for the moments; N, G0 and the start wait for the first non-zero

@@ -185,7 +185,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             sums.append(total(sq_loss, device, dtype))
         # one collective for every sum of the step
         sq_norm_g, dot, sq_weighted, sq_norm_s, *rest = self._reduce(sums)
-        sq_norm_loss = rest.pop() if decayed else None
+        sq_norm_loss = rest[-1] if decayed else None  # (no pop: Dynamo <= 2.11 sees a tuple)
         if start:
             est["live_count"] = rest[0]
         if group0["d0_lr"] is not None:
