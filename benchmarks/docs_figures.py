@@ -12,6 +12,7 @@ Keys (BUDGET is a folder of benchmarks/results, quick or full):
   BUDGET:rank:METHOD            mean LR-free rank (report's summary table), 2 decimals
   BUDGET:tasks:METHOD           the number of tasks that rank is over
   BUDGET:ratio:TASK:METHOD      mean / mean of the best Adam on TASK, 2 decimals
+  BUDGET:mean:TASK:METHOD       the mean final metric of METHOD on TASK, 3 significant digits
   BUDGET:compared               how many LR-free methods ran on every task
   BUDGET:ntasks                 how many tasks have LR-free runs
   gpu:ratio:SIZE:LABEL          GPU step time / AdamW (fused)'s (step_speed_cuda.json)
@@ -60,6 +61,8 @@ def value(key: str) -> str:
     if kind == "ntasks":
         return str(sum(1 for t in tasks.values()
                        if any(r.family in ("ours", "peer") for r in t.rows.values())))
+    if kind == "mean":
+        return f"{tasks[rest[0]].rows[rest[1]].mean():.3g}"
     if kind == "ratio":
         task = tasks[rest[0]]
         best = task.best_of("adam")
