@@ -250,3 +250,14 @@ def test_plots_and_report_do_not_import_each_other() -> None:
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                  for a in node.names}
     assert "lrfree.bench.report" not in imported
+
+
+def test_tied_methods_share_the_mean_of_their_places() -> None:
+    """Two methods at the same final metric (e.g. both at chance) get the same rank, the
+    mean of the places they span; a diverged run ranks last, and two diverged runs
+    tie there too. Sorting alone would rank the tie by the order the rows were read."""
+    records = [_record("t", "A", "ours", 0, 0.5), _record("t", "B", "peer", 0, 0.9),
+               _record("t", "C", "peer", 0, 0.5), _record("t", "D", "peer", 0, 0.1),
+               _record("t", "E", "peer", 0, None), _record("t", "F", "peer", 0, None)]
+    ranks = lr_free_ranks(group(records)["t"])
+    assert ranks == {"B": 1.0, "A": 2.5, "C": 2.5, "D": 4.0, "E": 5.5, "F": 5.5}

@@ -81,9 +81,18 @@ def _ranks(task: TaskResults, rows: list[Row]) -> dict[str, float]:
             run = next(x for x in r.runs if x["seed"] == seed)
             value = math.nan if run["diverged"] else run["final_metric"]
             scores[r.label] = task.score(value)
-        for place, label in enumerate(sorted(scores, key=scores.__getitem__, reverse=True), 1):
+        for label, place in _tied_places(scores).items():
             ranks[label].append(place)
     return {label: statistics.fmean(v) for label, v in ranks.items()}
+
+
+def _tied_places(scores: dict[str, float]) -> dict[str, float]:
+    """1 = the largest score; equal scores share the mean of the places they span (two
+    methods tied for first both get 1.5, so a tie neither helps nor hurts either)."""
+    order = sorted(scores.values(), reverse=True)
+    first = {v: order.index(v) + 1 for v in set(order)}
+    last = {v: len(order) - order[::-1].index(v) for v in set(order)}
+    return {label: (first[v] + last[v]) / 2 for label, v in scores.items()}
 
 
 def _sweep_lines(task: TaskResults) -> list[str]:
