@@ -11,6 +11,7 @@ are DTensors and PSDASGD all-reduces the sums of its estimate over their mesh.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import torch
 import torch.distributed as dist
@@ -78,8 +79,13 @@ def main() -> None:
     if rank == 0 and args.save:
         torch.save({"init": init, "params": params, "losses": losses, "effective_lr": lrs},
                    args.save)
-    # every rank reaches teardown together: rank 1 used to tear its gloo group down while
-    # rank 0 was still saving (see docs/distributed.md, "Teardown")
+    # Teardown (docs/distributed.md, "Teardown"): drop what holds DTensors and collect the
+    # reference cycles FSDP's hooks make while the interpreter is fully alive, then meet at
+    # a barrier. Left to the garbage collection of interpreter shutdown, a gloo worker
+    # thread can need the GIL to free a collective's tensors after shutdown has begun and
+    # abort the process ("terminate called without an active exception").
+    del model, net, opt, sched, params
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 

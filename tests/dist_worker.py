@@ -21,6 +21,7 @@ Each step also counts the ``all_reduce`` calls made inside ``opt.step``.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import sys
 
@@ -186,7 +187,11 @@ def main(rank: int, world: int, port: int, out: str) -> None:
             results[f"{opt_name}/{layout}"] = train(opt_name, layout, sparse, skip)
     finally:
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+    # the teardown of examples/ddp_fsdp_cpu.py (docs/distributed.md, "Teardown"): collect
+    # the FSDP/DDP models' reference cycles while the interpreter is alive
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
