@@ -13,6 +13,8 @@ Keys (BUDGET is a folder of benchmarks/results, quick or full):
   BUDGET:tasks:METHOD           the number of tasks that rank is over
   BUDGET:ratio:TASK:METHOD      mean / mean of the best Adam on TASK, 2 decimals
   BUDGET:mean:TASK:METHOD       the mean final metric of METHOD on TASK, 3 significant digits
+  BUDGET:ratio@REF:TASK:METHOD  as ratio, against the best Adam of the results folder REF
+                                (an ablation folder that has no Adam rows of its own)
   BUDGET:compared               how many LR-free methods ran on every task
   BUDGET:ntasks                 how many tasks have LR-free runs
   gpu:ratio:SIZE:LABEL          GPU step time / AdamW (fused)'s (step_speed_cuda.json)
@@ -63,9 +65,10 @@ def value(key: str) -> str:
                        if any(r.family in ("ours", "peer") for r in t.rows.values())))
     if kind == "mean":
         return f"{tasks[rest[0]].rows[rest[1]].mean():.3g}"
-    if kind == "ratio":
+    if kind == "ratio" or kind.startswith("ratio@"):
         task = tasks[rest[0]]
-        best = task.best_of("adam")
+        reference = _tasks(kind.partition("@")[2])[rest[0]] if "@" in kind else task
+        best = reference.best_of("adam")
         ratio = task.rows[rest[1]].mean() / best.mean() if best is not None else math.nan
         return f"{ratio:.2f}"
     raise KeyError(f"unknown figure kind {kind!r} in {key!r}")
