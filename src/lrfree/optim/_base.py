@@ -157,7 +157,12 @@ def dots(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     """
     if torch.compiler.is_compiling():
         return torch.stack([(x * y).sum() for x, y in zip(xs, ys)])
-    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)])
+    return torch.stack([torch.dot(flat(x), flat(y)) for x, y in zip(xs, ys)])
+
+
+def flat(x: Tensor) -> Tensor:
+    """``x.reshape(-1)``, without the call (a dispatch) where ``x`` is already 1-d."""
+    return x if x.dim() == 1 else x.reshape(-1)
 
 
 def sq_norms(xs: list[Tensor]) -> Tensor:
@@ -180,6 +185,8 @@ def total(parts: list[Tensor], device: torch.device, dtype: torch.dtype | None =
     """Sum 0-d tensors that may sit on several devices, onto ``device`` (0 for none)."""
     if not parts:
         return torch.zeros((), device=device, dtype=dtype or torch.float32)
+    if len(parts) == 1:  # the sum of one value is that value: no stack and sum kernels
+        return parts[0].to(device, dtype or parts[0].dtype)
     return torch.stack([p.to(device, dtype or p.dtype) for p in parts]).sum()
 
 
@@ -464,7 +471,9 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
                     f"loss must be a scalar; got shape {tuple(loss.shape)}: reduce it first "
                     "(e.g. loss.mean())"
                 )
-            value = distributed.local(loss.detach()).reshape(())
+            value = distributed.local(loss.detach())
+            if value.dim() != 0:
+                value = value.reshape(())
             value = value.to(device=device, dtype=self._scalar_dtype())
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             value = torch.tensor(float(loss), device=device, dtype=self._scalar_dtype())
@@ -504,16 +513,30 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
             _max_abs(grads).to(device, torch.float32)
             for grads in ([g for g in b.grads if g.numel()] for b in buckets) if grads
         ]
-        # The same read tells whether every gradient (on every rank) is exactly zero: such a
-        # step must not fix the normaliser N at eps (see :meth:`_enter_scaled_space`).
-        largest = torch.stack(peaks).sum() if peaks else torch.zeros((), device=device)
-        if loss is not None:
-            peaks.append(loss.abs().to(device, torch.float32))
-        bad = (~torch.isfinite(torch.stack(peaks))).sum().to(torch.float32) if peaks else \
-            torch.zeros((), device=device)
-        bad, largest = torch.stack(self._reduce([bad, largest])).tolist()  # the one sync
+        if self._shard_group is None:
+            # no collective: the host reads the largest |g| (inf or NaN where a gradient is
+            # not finite, 0 where every gradient is exactly zero) and loss * 0 (0 for a
+            # finite loss, NaN otherwise), and decides there: fewer kernels, the same sync
+            if not peaks:
+                largest = torch.zeros((), device=device)
+            else:  # max, not a sum: two large finite peaks must not add up to inf
+                largest = peaks[0] if len(peaks) == 1 else torch.stack(peaks).max()
+            flags = largest.expand(2) if loss is None else \
+                torch.stack([loss.to(device, torch.float32) * 0.0, largest])
+        else:
+            # The same read tells whether every gradient (on every rank) is exactly zero:
+            # such a step must not fix the normaliser N at eps (see _enter_scaled_space).
+            largest = torch.stack(peaks).sum() if peaks else torch.zeros((), device=device)
+            if loss is not None:
+                peaks.append(loss.abs().to(device, torch.float32))
+            bad = (~torch.isfinite(torch.stack(peaks))).sum().to(torch.float32) if peaks else \
+                torch.zeros((), device=device)
+            flags = torch.stack(self._reduce([bad, largest]))
+        bad, largest = flags.tolist()  # the one sync
+        if self._shard_group is None:
+            bad = (0.0 if loss is None else bad) if math.isfinite(largest) else 1.0
         self._step_flags["all_grads_zero"] = largest == 0
-        return self._apply_policy(not bad)
+        return self._apply_policy(bad == 0.0)
 
     def _apply_policy(self, finite: bool) -> bool:
         """The non-finite policy, given whether this step's gradients and loss are finite."""

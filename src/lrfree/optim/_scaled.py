@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lrfree import averaging
 from lrfree.optim._base import (
-    Bucket, LRFreeOptimizer, check_choice, dots, sq_norms, sum_sq, total,
+    Bucket, LRFreeOptimizer, check_choice, dots, flat, sq_norms, sum_sq, total,
 )
 from lrfree.scaling import Scaling
 
@@ -114,9 +114,8 @@ def sq_norm_scaled(buckets: list[Bucket], norm: Tensor, device: torch.device,
             buffer = torch.empty(max(g.numel() for g in b.grads), dtype=b.grads[0].dtype,
                                  device=b.grads[0].device)
             per_tensor = torch.stack([
-                torch.dot(torch.div(g.reshape(-1), d.reshape(-1), out=buffer[:g.numel()]),
-                          g.reshape(-1))
-                for g, d in zip(b.grads, b.denoms)])
+                torch.dot(torch.div(g, flat(d), out=buffer[:g.numel()]), g)
+                for g, d in ((flat(g), d) for g, d in zip(b.grads, b.denoms))])
         weights = norm if b.factors is None else norm / b.factors.to(dtype)
         parts.append((per_tensor.to(dtype) * weights).sum())
     return total(parts, device, dtype)
@@ -139,22 +138,27 @@ def apply_step(buckets: list[Bucket], lrs: list[Tensor]) -> None:
         beta1 = group["betas"][0]
         direction = b.states["m"] if beta1 > 0 else b.grads
         dtype = direction[0].dtype
-        # -lr / ((1 - beta1^k) * factor): the whole per-tensor multiplier of direction / d
-        scale = -lr.to(dtype).expand(len(b.params))
+        # lr / ((1 - beta1^k) * factor): the whole per-tensor multiplier of direction / d,
+        # applied with value=-1 (a sign flip is exact: the same bits as dividing by -scale)
+        scale = lr.to(dtype)
         if beta1 > 0:
             scale = scale / (1.0 - beta1 ** torch.stack(b.states["step"]).to(dtype))
         if b.factors is not None:
             scale = scale / b.factors.to(dtype)
+        if scale.dim() == 0:
+            scale = scale.expand(len(b.params))
         scale = list(scale.unbind())
         low = b.params[0].dtype in (torch.float16, torch.bfloat16)
         target = [p.float() for p in b.params] if low else b.params
         if group["weight_decay"] != 0 and group["decouple"]:
             torch._foreach_mul_(target, (1.0 - lr * group["weight_decay"]).to(target[0].dtype))
         if b.denoms is None:
-            torch._foreach_addcmul_(target, _like(direction, target), _like(scale, target))
+            torch._foreach_addcmul_(target, _like(direction, target), _like(scale, target),
+                                    value=-1.0)
         else:
             torch._foreach_div_(b.denoms, scale)
-            torch._foreach_addcdiv_(target, _like(direction, target), _like(b.denoms, target))
+            torch._foreach_addcdiv_(target, _like(direction, target), _like(b.denoms, target),
+                                    value=-1.0)
         if low:
             torch._foreach_copy_(b.params, target)
 
@@ -217,13 +221,25 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
         """x <- x - gamma * step * N * m_hat / a for every group, then the average
         (weights average_scale^2 * k^p), and the observable effective_lr."""
         group0 = self.param_groups[0]
-        apply_step(buckets, [step * b.group["lr"] * norm for b in buckets])
+        # step * lr * norm once per distinct lr (a list of pairs, not a dict: a scheduler
+        # may give lr as a symbolic float under Dynamo); lr = 1 multiplies exactly
+        lrs: list[tuple[float, Tensor]] = []
+
+        def effective(lr: float) -> Tensor:
+            for known, value in lrs:
+                if known == lr:
+                    return value
+            value = step * norm if lr == 1 else step * lr * norm
+            lrs.append((lr, value))
+            return value
+
+        apply_step(buckets, [effective(b.group["lr"]) for b in buckets])
         if group0["average"]:
             averaging.update(est, [b.params for b in buckets],
                              [b.states["x_avg"] for b in buckets], average_scale,
                              group0["average_power"])
         for group in self.param_groups:
-            group["effective_lr"] = step * group["lr"] * norm
+            group["effective_lr"] = effective(group["lr"])
 
 
 def check_fused(opt: LRFreeOptimizer, fused: bool | None) -> bool | None:

@@ -172,9 +172,9 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             dot, sq = _scaled.scaled_sums(b, b.states["s"], dtype)
             if not (b.group["weight_decay"] != 0 and b.group["decouple"]):
                 sq_loss.append(sq)
-            dot_gs.append(gamma * dot)
+            dot_gs.append(dot if gamma == 1 else gamma * dot)  # (x 1 is exact: no kernel)
             sq_g.append(sq)
-            sq_g_weighted.append(gamma * gamma * sq)
+            sq_g_weighted.append(sq if gamma == 1 else gamma * gamma * sq)
             sq_s.append(sq_norms(b.states["s"]).sum().to(dtype))
         sums = [total(parts, device, dtype) for parts in (sq_g, dot_gs, sq_g_weighted, sq_s)]
         start = first and group0["d0_lr"] is not None
@@ -193,8 +193,19 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             # non-zero gradient, G0 = N sqrt(n), so the first effective lr d N / G0 is d0_lr
             # (Adam units), and unlike d0_lr G0 / N it is invariant to the scale of alpha.
             # Taken at the step that fixes G0 (the first non-zero gradient).
-            est["d"] = torch.where(est["grad_norm0"] > 0, est["d"],
-                                   group0["d0_lr"] * torch.sqrt(est["live_count"].clamp(min=1)))
+            # d0_lr sqrt(n) is kept from the step that counted n (eager: the same tensor,
+            # unmodified, and the same d0_lr; the compiled step computes it)
+            live, d0_lr = est["live_count"], group0["d0_lr"]
+            if torch.compiler.is_compiling():
+                start_d = d0_lr * torch.sqrt(live.clamp(min=1))
+            else:
+                cached = getattr(self, "_start_cache", None)
+                if cached is None or cached[0] is not live or cached[1] != live._version \
+                        or cached[2] != d0_lr:
+                    cached = (live, live._version, d0_lr, d0_lr * torch.sqrt(live.clamp(min=1)))
+                    self._start_cache = cached
+                start_d = cached[3]
+            est["d"] = torch.where(est["grad_norm0"] > 0, est["d"], start_d)
         DAdaptEstimate.set_grad_norm0(est, sq_norm_g, sq_norm_loss)
         warm_loss = self._warmup_loss(est, loss) if group0["warmup"] == "polyak" else None
         jump = warm_loss is not None and math.isinf(group0["warmup_growth"])
@@ -208,7 +219,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             DAdaptEstimate.polyak_warmup(est, warm_loss, sq_norm_g, group0["warmup_growth"],
                                          d_used)
         for b in buckets:  # s += lam * gamma * g', as one addcmul with a 0-d multiplier
-            step = (lam * b.group["lr"]).to(b.scaled[0].dtype)
+            step = (lam if b.group["lr"] == 1 else lam * b.group["lr"]).to(b.scaled[0].dtype)
             multipliers = [step] * len(b.scaled) if b.scaled_coefs is None \
                 else (b.scaled_coefs * step).unbind()
             torch._foreach_addcmul_(b.states["s"], b.scaled, multipliers)

@@ -118,7 +118,9 @@ class PSSPS(_scaled.ScaledSpaceOptimizer):
         eta = PolyakStep.update(est, loss.to(device, dtype), sq_norm_g, group0["f_star"],
                                 group0["c"], group0["delta"], group0["cap_start"],
                                 group0["cap_growth"])
-        # averaging weights k^p: the Polyak rule has no distance scale
-        self._take_step(buckets, est, eta, norm, torch.ones_like(eta))
+        # averaging weights k^p: the Polyak rule has no distance scale (the scale is read
+        # only when averaging: no kernel for it otherwise)
+        self._take_step(buckets, est, eta, norm,
+                        torch.ones_like(eta) if group0["average"] else eta)
         for group in self.param_groups:
             group["polyak_step"] = eta
