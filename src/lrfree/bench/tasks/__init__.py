@@ -35,6 +35,9 @@ TASKS: dict[str, TaskInfo] = {
     "minilm-wordnet": TaskInfo(
         "lrfree.bench.tasks.finetune:MiniLMWordNetTask", "finetune", "test_acc", True
     ),
+    "effnet-fashion": TaskInfo(
+        "lrfree.bench.tasks.finetune_vision:EffNetFashionTask", "finetune", "test_acc", True
+    ),
 }
 
 
