@@ -215,6 +215,11 @@ def _max_abs(xs: list[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(xs, float("inf"))).max()
 
 
+#: tensor types that are never DTensors (their local tensor is themselves)
+_PLAIN = (Tensor, torch.nn.Parameter)
+_LOW = (torch.float16, torch.bfloat16)
+
+
 class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
     """Base class: subclasses declare their state tensors and implement ``_update``."""
 
@@ -436,27 +441,37 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         the estimate (their state is not even created until the group is unfrozen).
         """
         buckets: list[Bucket] = []
+        # (the loop runs once per tensor per step: its per-tensor cost is kept to a few
+        # attribute reads, which matters for models of many small tensors)
+        widen = self._state_dtype == "float32"
         for group in self.param_groups:
             check_lr(group["lr"])
             if group["lr"] == 0:
                 continue
             by_key: dict[tuple[torch.device, torch.dtype], Bucket] = {}
             for key in group["params"]:
-                if key.grad is None:
+                grad = key.grad
+                if grad is None:
                     continue
-                p, grad = distributed.local(key), distributed.local(key.grad)
+                p = key
+                if type(key) not in _PLAIN or type(grad) not in _PLAIN:
+                    p, grad = distributed.local(key), distributed.local(grad)
                 if grad.is_sparse:
                     raise RuntimeError(
                         f"{type(self).__name__} does not support sparse gradients; "
                         "use dense gradients (e.g. nn.Embedding(sparse=False))"
                     )
                 # complex parameters are stepped as their real views (as torch.optim.Adam)
-                p, grad = real_view(p), real_view(grad)
-                dtype = self._state_dtype_for(p)
-                if (p.device, dtype) not in by_key:
-                    by_key[(p.device, dtype)] = Bucket(group, [], [])
-                    buckets.append(by_key[(p.device, dtype)])
-                bucket = by_key[(p.device, dtype)]
+                if p.is_complex():
+                    p, grad = real_view(p), real_view(grad)
+                dtype = p.dtype
+                if widen and dtype in _LOW:  # as _state_dtype_for
+                    dtype = torch.float32
+                where = (p.device, dtype)
+                bucket = by_key.get(where)
+                if bucket is None:
+                    bucket = by_key[where] = Bucket(group, [], [])
+                    buckets.append(bucket)
                 bucket.params.append(p)
                 bucket.grads.append(grad if grad.dtype == dtype else grad.to(dtype))
                 bucket.keys.append(key)
