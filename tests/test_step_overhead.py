@@ -16,9 +16,9 @@ import lrfree
 
 # (optimizer, options, aten calls per step at most)
 BOUNDS = [
-    ("PSDASGD", {}, 88),
-    ("PSDASGD", {"nonfinite": "unchecked"}, 79),
-    ("PSSPS", {}, 73),
+    ("PSDASGD", {}, 82),
+    ("PSDASGD", {"nonfinite": "unchecked"}, 73),
+    ("PSSPS", {}, 69),
 ]
 
 

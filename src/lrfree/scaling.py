@@ -101,13 +101,16 @@ class Scaling:
         steps: list[Tensor],
         beta2: float,
         eps: float,
+        bias2: Tensor | None = None,
     ) -> tuple[list[Tensor] | None, Tensor | None]:
         """As :meth:`denominators`, but ``a_k = factors[i] * d[i]`` with ``factors`` a 1-d
         tensor (None: 1), so a per-tensor constant never costs a pass over the elements.
 
         Adam: ``d = sqrt(v) + eps * sqrt(1 - beta2^k)`` and ``factor = 1 / sqrt(1 - beta2^k)``,
-        two tensor passes fewer than dividing ``v`` by its bias correction. Other scalings
-        (including user-defined ones) return ``(denominators(...), None)``.
+        two tensor passes fewer than dividing ``v`` by its bias correction. ``bias2``: the
+        1-d ``1 - beta2^k`` of :func:`bias_correction_vectors` where the caller has it
+        (None: computed here). Other scalings (including user-defined ones) return
+        ``(denominators(...), None)``.
         """
         if self.name != "adam" or type(self).denominators is not Scaling.denominators:
             return self.denominators(states, grads, steps, beta2, eps), None
@@ -115,10 +118,22 @@ class Scaling:
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
         # the per-tensor scalars as one vector: a handful of kernels, not a few per tensor
-        root_bias2 = torch.sqrt(1.0 - beta2 ** torch.stack(steps))
+        if bias2 is None:
+            bias2 = 1.0 - beta2 ** torch.stack(steps)
+        root_bias2 = torch.sqrt(bias2)
         d = torch._foreach_sqrt(v)
         torch._foreach_add_(d, (eps * root_bias2).unbind())
-        return d, 1.0 / root_bias2
+        return d, torch.reciprocal(root_bias2)  # = 1.0 / root_bias2 (x 1.0 is exact)
+
+
+def bias_correction_vectors(beta1: float, beta2: float, steps: list[Tensor]
+                            ) -> tuple[Tensor | None, Tensor]:
+    """``(1 - beta1**k, 1 - beta2**k)`` as 1-d tensors, one value per tensor's step count
+    ``k``, from one stack of the counts: the momentum's and the scaling's bias corrections
+    of a step (the first is None for ``beta1 = 0``)."""
+    stacked = torch.stack(steps)
+    bias1 = 1.0 - beta1 ** stacked if beta1 > 0 else None
+    return bias1, 1.0 - beta2 ** stacked
 
 
 def bias_corrections(beta: float, steps: list[Tensor]) -> list[Tensor]:

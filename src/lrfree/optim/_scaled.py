@@ -21,7 +21,7 @@ from lrfree import averaging
 from lrfree.optim._base import (
     Bucket, LRFreeOptimizer, check_choice, dots, flat, sq_norms, sum_sq, total,
 )
-from lrfree.scaling import Scaling
+from lrfree.scaling import Scaling, bias_correction_vectors
 
 ALPHA_NORMS = ("initial", "running", "none")
 Reduce = Callable[[list[Tensor]], list[Tensor]]
@@ -37,8 +37,18 @@ def advance_moments(buckets: list[Bucket], scaling: Scaling) -> None:
         beta1, beta2 = group["betas"]
         if beta1 > 0:
             torch._foreach_lerp_(b.states["m"], b.grads, 1.0 - beta1)
-        b.denoms, b.factors = scaling.factored_denominators(
-            b.states, b.grads, b.states["step"], beta2, group["eps"])
+        steps = b.states["step"]
+        if scaling.name == "adam" and \
+                type(scaling).factored_denominators is Scaling.factored_denominators:
+            # both bias corrections from one stack of the step counts; apply_step takes
+            # the momentum's (the counts do not change in between)
+            b.momentum_bias, bias2 = bias_correction_vectors(beta1, beta2, steps)
+            b.denoms, b.factors = scaling.factored_denominators(
+                b.states, b.grads, steps, beta2, group["eps"], bias2=bias2)
+        else:
+            b.momentum_bias = None
+            b.denoms, b.factors = scaling.factored_denominators(
+                b.states, b.grads, steps, beta2, group["eps"])
 
 
 def alpha_normaliser(buckets: list[Bucket], est: dict[str, Tensor], mode: str, first: bool,
@@ -142,7 +152,12 @@ def apply_step(buckets: list[Bucket], lrs: list[Tensor]) -> None:
         # applied with value=-1 (a sign flip is exact: the same bits as dividing by -scale)
         scale = lr.to(dtype)
         if beta1 > 0:
-            scale = scale / (1.0 - beta1 ** torch.stack(b.states["step"]).to(dtype))
+            # from advance_moments where it has it, in the counts' dtype: taken where that
+            # is the step's dtype (a bf16 state computes it in bf16, from bf16 counts)
+            bias1 = getattr(b, "momentum_bias", None)
+            if bias1 is None or bias1.dtype != dtype:
+                bias1 = 1.0 - beta1 ** torch.stack(b.states["step"]).to(dtype)
+            scale = scale / bias1
         if b.factors is not None:
             scale = scale / b.factors.to(dtype)
         if scale.dim() == 0:

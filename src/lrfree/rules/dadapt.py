@@ -54,14 +54,16 @@ class DAdaptEstimate:
         g0 = est["grad_norm0"]
         new = torch.sqrt(sq_norm)
         if sq_norm_loss is not None:
-            new = torch.where(sq_norm_loss > 0, new, torch.zeros_like(new))
+            started = sq_norm_loss > 0
+            new = torch.where(started, new, started)  # False promotes to 0.0: no zeros kernel
         est["grad_norm0"] = torch.where(g0 > 0, g0, new)
 
     @staticmethod
     def base_step(est: dict[str, Tensor]) -> Tensor:
         """lambda_k / gamma = d_k / G0: multiply by a group's gamma to get its step."""
         g0 = est["grad_norm0"]
-        return torch.where(g0 > 0, est["d"] / g0, torch.zeros_like(g0))
+        fixed = g0 > 0
+        return torch.where(fixed, est["d"] / g0, fixed)  # False promotes to 0.0
 
     @staticmethod
     def update(
@@ -78,12 +80,14 @@ class DAdaptEstimate:
         ``d_coef`` scales the bound before it can raise d (1: the published rule).
         """
         d = est["d"]
-        est["r"] = est["r"] + lam * dot_gs
-        sq_norm_s_new = sq_norm_s + 2.0 * lam * dot_gs + lam * lam * sq_norm_g
+        step_dot = lam * dot_gs
+        est["r"] = est["r"] + step_dot
+        # sq_norm_s + 2 lam A + lam^2 B, with 2 lam A = 2 (lam A) (exact: a power of 2) in
+        # the add's alpha; as written, not as an addcmul (a fused multiply-add rounds once)
+        sq_norm_s_new = torch.add(sq_norm_s, step_dot, alpha=2.0) + lam * lam * sq_norm_g
         # ||s|| = 0 (every gradient so far was zero) leaves the bound undefined: keep d.
-        d_hat = torch.where(
-            sq_norm_s_new > 0, 2.0 * est["r"] / torch.sqrt(sq_norm_s_new), torch.zeros_like(d)
-        )
+        defined = sq_norm_s_new > 0
+        d_hat = torch.where(defined, 2.0 * est["r"] / torch.sqrt(sq_norm_s_new), defined)
         bound = d_coef * d_hat if d_coef != 1.0 else d_hat
         if not math.isinf(growth_rate):
             bound = torch.minimum(bound, growth_rate * d)
@@ -105,12 +109,15 @@ class DAdaptEstimate:
         P is invariant to the scale of alpha and of the loss (both of its factors scale
         alike), so requirement 1 holds; it never lowers ``d``.
         """
-        zero = torch.zeros_like(est["d"])
-        polyak = torch.where(sq_norm_g > 0,
-                             torch.clamp(loss.to(zero.dtype), min=0.0) /
-                             torch.sqrt(torch.where(sq_norm_g > 0, sq_norm_g, zero + 1)), zero)
+        # bool tensors as the 0.0 / 1.0 of a where (type promotion): no zeros kernel
+        informative = sq_norm_g > 0
+        polyak = torch.where(informative,
+                             torch.clamp(loss.to(est["d"].dtype), min=0.0) /
+                             torch.sqrt(torch.where(informative, sq_norm_g, ~informative)),
+                             informative)
         target = polyak if math.isinf(growth) else torch.minimum(polyak, growth * d_ref)
         active = (est["warming"] > 0) & (est["grad_norm0"] > 0)
         d = torch.where(active, torch.maximum(est["d"], target), est["d"])
-        est["warming"] = torch.where(active & ~(polyak > d), zero, est["warming"])
+        keep = (polyak > d) | ~active  # the warm-up ends where it is active and P <= d
+        est["warming"] = torch.where(keep, est["warming"], keep)
         est["d"] = d

@@ -43,9 +43,11 @@ class PolyakStep:
         """Return this step's eta and advance the cap."""
         # a zero gradient says nothing about the step size: no step, and it must not become
         # the cap's floor (loss / delta is ~1e8x too large; with delta = 0 it is inf)
-        eta_polyak = torch.where(sq_norm_g > 0,
-                                 torch.clamp(loss - f_star, min=0.0) / (c * sq_norm_g + eps),
-                                 torch.zeros_like(sq_norm_g))
+        informative = sq_norm_g > 0
+        gap = loss - f_star if f_star != 0 else loss  # x - 0.0 is x, -0.0 included
+        eta_polyak = torch.where(informative,
+                                 torch.clamp(gap, min=0.0) / ((c * sq_norm_g if c != 1 else sq_norm_g) + eps),
+                                 informative)  # False promotes to 0.0: no zeros kernel
         floor = torch.where(est["floor"] > 0, est["floor"], cap_start * eta_polyak)
         cap = torch.where(est["cap"] > 0, est["cap"], floor)
         eta = torch.minimum(eta_polyak, cap)
