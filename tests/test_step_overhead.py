@@ -16,9 +16,9 @@ import lrfree
 
 # (optimizer, options, aten calls per step at most)
 BOUNDS = [
-    ("PSDASGD", {}, 82),
-    ("PSDASGD", {"nonfinite": "unchecked"}, 73),
-    ("PSSPS", {}, 69),
+    ("PSDASGD", {}, 81),
+    ("PSDASGD", {"nonfinite": "unchecked"}, 72),
+    ("PSSPS", {}, 68),
 ]
 
 

@@ -132,8 +132,30 @@ def bias_correction_vectors(beta1: float, beta2: float, steps: list[Tensor]
     ``k``, from one stack of the counts: the momentum's and the scaling's bias corrections
     of a step (the first is None for ``beta1 = 0``)."""
     stacked = torch.stack(steps)
-    bias1 = 1.0 - beta1 ** stacked if beta1 > 0 else None
-    return bias1, 1.0 - beta2 ** stacked
+    if beta1 <= 0:
+        return None, 1.0 - beta2 ** stacked
+    # both powers in one kernel, the betas as a (2, 1) base (the same bits as beta ** k:
+    # a Python-number base is a wrapped 0-d tensor of the exponent's dtype)
+    bias1, bias2 = (1.0 - torch.pow(_betas(beta1, beta2, stacked), stacked)).unbind()
+    return bias1, bias2
+
+
+_BETAS: dict[tuple[float, float, torch.device, torch.dtype], Tensor] = {}
+
+
+def _betas(beta1: float, beta2: float, like: Tensor) -> Tensor:
+    """``[[beta1], [beta2]]`` on ``like``'s device and dtype, made once (eager): a tensor
+    made from Python numbers on a GPU is a copy from the host at every step otherwise.
+    Compiled, or for a tensor subclass (a FakeTensor, ...), it is made each time: the
+    cache holds plain tensors only."""
+    if torch.compiler.is_compiling() or type(like) is not Tensor:
+        return torch.tensor([[beta1], [beta2]], device=like.device, dtype=like.dtype)
+    key = (beta1, beta2, like.device, like.dtype)
+    base = _BETAS.get(key)
+    if base is None:
+        base = _BETAS[key] = torch.tensor([[beta1], [beta2]], device=like.device,
+                                          dtype=like.dtype)
+    return base
 
 
 def bias_corrections(beta: float, steps: list[Tensor]) -> list[Tensor]:
