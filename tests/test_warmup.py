@@ -132,3 +132,18 @@ def test_cpp_kernel_with_warmup():
             assert max(worst.values()) < 1e-12, worst
     finally:
         fk.kernels.run = original
+
+
+def test_the_warmup_declares_that_it_needs_the_loss():
+    """needs_loss is what the base class (a clear error, the loss's non-finite check, its
+    average over ranks) and the framework integrations read; PSDASGD sets it with the
+    warm-up only, so that the integrations hand it the loss as they do PSSPS."""
+    w = torch.nn.Parameter(torch.ones(3))
+    assert lrfree.PSDASGD([w], warmup="polyak").needs_loss
+    assert not lrfree.PSDASGD([w]).needs_loss
+    opt = lrfree.PSDASGD([w], warmup="polyak")
+    w.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="needs the mini-batch loss"):
+        opt.step()
+    opt.step(loss=torch.tensor(float("nan")))  # a non-finite loss skips the step
+    assert int(opt.param_groups[0]["skipped_steps"]) == 1 and torch.equal(w, torch.ones(3))

@@ -148,6 +148,26 @@ def test_pssps_receives_the_loss_trainer_backpropagated(tmp_path):
     assert logged[-1]["polyak_step"] == float(opt.param_groups[0]["polyak_step"])
 
 
+def test_psdasgd_polyak_warmup_receives_the_loss_too(tmp_path):
+    """PSDASGD(warmup="polyak") reads the loss (needs_loss): LRFreeTrainer hands it the
+    accumulated loss as it does PSSPS, and training equals the hand loop that passes it."""
+    steps, accumulation = 4, 2
+    model = TinyClassifier()
+    twin = copy.deepcopy(model)
+    make = lambda params: lrfree.PSDASGD(params, warmup="polyak", warmup_growth=3.0)  # noqa: E731
+    opt = make(model.parameters())
+    trainer, received, _ = train(LRFreeTrainer, model, opt, linear_decay(opt, steps),
+                                 tmp_path, steps, accumulation)
+    assert len(received) == steps and all(r is not None for r in received)
+    twin_opt = make(twin.parameters())
+    hand = hand_loop(twin, twin_opt, linear_decay(twin_opt, steps), trainer.seen, accumulation,
+                     pass_loss=True)
+    for got, want in zip(received, hand):
+        assert torch.equal(got, want)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_plain_trainer_cannot_step_pssps(tmp_path):
     model = TinyClassifier()
     opt = lrfree.PSSPS(model.parameters())

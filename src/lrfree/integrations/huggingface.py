@@ -46,8 +46,8 @@ class LRFreeTrainer(Trainer):
     """``Trainer`` that hands each optimizer step the loss it back-propagated and logs the
     estimated learning rate.
 
-    The loss goes only to optimizers that need it (``optimizer.needs_loss``, i.e. ``PSSPS``
-    and ``SPS``), through a torch step pre-hook; any other optimizer is stepped exactly as by
+    The loss goes only to optimizers that need it (``optimizer.needs_loss``: ``PSSPS``,
+    ``SPS``, and ``PSDASGD`` with ``warmup="polyak"``), through a torch step pre-hook; any other optimizer is stepped exactly as by
     ``Trainer``. A step skipped by a gradient scaler (fp16 overflow) drops its loss with it.
     """
 

@@ -38,7 +38,8 @@ except ImportError:
 
 
 class AccumulatedLoss(Callback):
-    """Hands the Polyak methods (``PSSPS``, ``SPS``) the loss of the whole accumulated
+    """Hands the optimizers that read the loss (``needs_loss``: ``PSSPS``, ``SPS``,
+    ``PSDASGD(warmup="polyak")``) the loss of the whole accumulated
     batch: the sum of the losses back-propagated since the gradients were last zeroed
     (each already divided by ``accumulate_grad_batches``, as Lightning does), unscaled
     under a ``GradScaler``. Optimizers that do not need the loss are left alone."""

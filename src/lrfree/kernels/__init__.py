@@ -176,7 +176,7 @@ def prepare(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor |
     tensor costs about two reads on a CPU).
     """
     kernel = load()
-    if opt.needs_loss:
+    if _is_pssps(opt):
         sums = kernel.pssps_norm(lists["p"], lists["g"], lists["v"], lists["step"],
                                  lists["hyper"][0], opt.param_groups[0]["estimate"]["alpha_norm"])
         bad = sums[1].to(torch.float32) if check else None
@@ -188,12 +188,20 @@ def prepare(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor |
     return bad, sums
 
 
+def _is_pssps(opt: LRFreeOptimizer) -> bool:
+    """PSSPS takes the two-pass Polyak kernel, PSDASGD the one-pass D-Adaptation one (not
+    ``needs_loss``: PSDASGD needs the loss too with its Polyak warm-up)."""
+    from lrfree.optim.ps_sps import PSSPS
+
+    return isinstance(opt, PSSPS)
+
+
 def run(opt: LRFreeOptimizer, lists: dict[str, list[Tensor]], loss: Tensor | None,
         sums: Tensor | None) -> None:
     """Take the step with the kernel, from :func:`plan`'s lists and :func:`prepare`'s sums
     (after the non-finite check, which the caller ran)."""
     est = opt.param_groups[0]["estimate"]
-    if opt.needs_loss:
+    if _is_pssps(opt):
         assert sums is not None
         _pssps(opt, lists, est, loss, sums)
     else:

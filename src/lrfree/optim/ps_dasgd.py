@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lrfree import distributed
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
     Bucket, check_betas, check_choice, check_dadapt_start, check_positive, sq_norms, total,
@@ -145,6 +144,10 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         # The group keeps the name (state_dict stays plain data); the object may be a
         # user-defined Scaling.
         self._scaling = scaling
+        # the Polyak warm-up reads the loss: the base class then requires it, checks it for
+        # non-finite values, averages it over ranks, and the framework integrations
+        # (lrfree.integrations) hand it over, as they do for PSSPS
+        self.needs_loss = warmup != "none"
         self._fused = _scaled.check_fused(self, fused)
         if warmup != "none" and not math.isinf(warmup_growth):
             self._fused = False  # the kernels take steady-state steps only (check_warmup)
@@ -228,14 +231,14 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             group["d"], group["d_hat"] = est["d"], est["d_hat"]
 
     def _warmup_loss(self, est: dict[str, Tensor], loss: Tensor | None) -> Tensor:
-        """The loss for the Polyak warm-up, the same on every rank; starts the warm-up."""
-        if loss is None:
+        """The loss for the Polyak warm-up (already averaged over ranks by the base class,
+        which also refused a step without it: ``needs_loss``); starts the warm-up."""
+        if loss is None:  # not reachable through step(): needs_loss is set with warmup
             raise ValueError('PSDASGD(warmup="polyak") needs the mini-batch loss: call '
                              "opt.step(loss=loss) after loss.backward(), or opt.step(closure)")
         if "warming" not in est:
             est["warming"] = torch.ones((), device=est["d"].device, dtype=est["d"].dtype)
-        return distributed.average(loss, distributed.loss_group(self._shard_group,
-                                                                self._loss_group))
+        return loss
 
     def _base_step(self, est: dict[str, Tensor], sq_norm_g: Tensor,
                    group0: dict[str, Any]) -> Tensor:
