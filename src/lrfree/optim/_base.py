@@ -139,6 +139,10 @@ class Bucket:
     #: the scaled gradient g' = g / alpha as ``scaled_coefs[i] * scaled[i]`` (None: 1)
     scaled: list[Tensor] = field(default_factory=list)
     scaled_coefs: Tensor | None = None
+    #: this step's momentum bias corrections 1 - beta1^k per tensor, computed once with the
+    #: second moment's (scaling.bias_correction_vectors) and reused by the step (None: not
+    #: computed this step)
+    momentum_bias: Tensor | None = None
 
     def split(self) -> list["Bucket"]:
         """One bucket per tensor: the per-tensor (non-foreach) execution path."""

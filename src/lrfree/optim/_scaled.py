@@ -154,7 +154,7 @@ def apply_step(buckets: list[Bucket], lrs: list[Tensor]) -> None:
         if beta1 > 0:
             # from advance_moments where it has it, in the counts' dtype: taken where that
             # is the step's dtype (a bf16 state computes it in bf16, from bf16 counts)
-            bias1 = getattr(b, "momentum_bias", None)
+            bias1 = b.momentum_bias
             if bias1 is None or bias1.dtype != dtype:
                 bias1 = 1.0 - beta1 ** torch.stack(b.states["step"]).to(dtype)
             scale = scale / bias1
