@@ -24,6 +24,7 @@ from torch import nn
 from lrfree.bench.data.fashion_mnist import load_fashion_mnist
 from lrfree.bench.models import build_seeded
 from lrfree.bench.tasks.base import Budget, OptimizerFactory, OptimizerHandle, TrainLog
+from lrfree.bench.tasks.image import evaluating
 
 CLASSES = 10
 EVAL_BATCH = 250
@@ -99,12 +100,8 @@ class EffNetFashionTask:
 
     def _evaluate(self, model: nn.Module, handle: OptimizerHandle, x: torch.Tensor,
                   y: torch.Tensor, device: torch.device | str) -> float:
-        handle.eval()
-        model.eval()
-        value = accuracy(model, x, y, device)
-        model.train()
-        handle.train()
-        return value
+        with evaluating(model, handle):
+            return accuracy(model, x, y, device)
 
     def run(self, factory: OptimizerFactory, seed: int, level: str, log: TrainLog,
             device: torch.device | str = "cpu") -> float:
