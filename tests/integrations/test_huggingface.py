@@ -96,6 +96,18 @@ def hand_loop(model, opt, sched, seen, accumulation, pass_loss):
     return losses
 
 
+def assert_hand_loop_agrees(model, twin, twin_opt, trainer, received, steps, accumulation):
+    """The hand loop over Trainer's micro-batches, passing the loss, gives ``twin_opt`` the
+    losses the hook handed over and leaves ``twin`` bit-identical to ``model``."""
+    hand = hand_loop(twin, twin_opt, linear_decay(twin_opt, steps), trainer.seen, accumulation,
+                     pass_loss=True)
+    assert len(hand) == len(received)
+    for got, want in zip(received, hand):
+        assert torch.equal(got, want)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
 def linear_decay(opt, steps):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / (steps + 1))
 
@@ -136,13 +148,8 @@ def test_pssps_receives_the_loss_trainer_backpropagated(tmp_path):
     for got, want in zip(received, expected):
         assert torch.equal(got, want)
 
-    twin_opt = lrfree.PSSPS(twin.parameters())
-    hand = hand_loop(twin, twin_opt, linear_decay(twin_opt, steps), trainer.seen, accumulation,
-                     pass_loss=True)
-    for got, want in zip(received, hand):
-        assert torch.equal(got, want)
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(p, q)
+    assert_hand_loop_agrees(model, twin, lrfree.PSSPS(twin.parameters()), trainer, received,
+                            steps, accumulation)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert [h["effective_lr"] for h in logged] == estimates
     assert logged[-1]["polyak_step"] == float(opt.param_groups[0]["polyak_step"])
@@ -159,13 +166,8 @@ def test_psdasgd_polyak_warmup_receives_the_loss_too(tmp_path):
     trainer, received, _ = train(LRFreeTrainer, model, opt, linear_decay(opt, steps),
                                  tmp_path, steps, accumulation)
     assert len(received) == steps and all(r is not None for r in received)
-    twin_opt = make(twin.parameters())
-    hand = hand_loop(twin, twin_opt, linear_decay(twin_opt, steps), trainer.seen, accumulation,
-                     pass_loss=True)
-    for got, want in zip(received, hand):
-        assert torch.equal(got, want)
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(p, q)
+    assert_hand_loop_agrees(model, twin, make(twin.parameters()), trainer, received, steps,
+                            accumulation)
 
 
 def test_plain_trainer_cannot_step_pssps(tmp_path):
