@@ -200,12 +200,13 @@ def _run(args: argparse.Namespace, out: Path, command: str, device: str) -> dict
     return failures
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `lrfree-bench`."""
+def main(argv: list[str] | None = None,
+         program: tuple[str, ...] = ("python", "-m", "lrfree.bench")) -> int:
+    """Entry point of `lrfree-bench`; ``program`` is how the records name the command (a
+    research script that registers its own configurations passes its own)."""
     args = build_parser().parse_args(argv)
     out: Path = args.out or Path("bench-out") / args.budget
-    command = shlex.join(["python", "-m", "lrfree.bench",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join([*program, *(sys.argv[1:] if argv is None else argv)])
     failures: dict[RunKey, str] = {}
     try:
         if not args.report_only:
