@@ -6,7 +6,7 @@ optimum is infinitely far, so nothing stops the growth. With lambda_i = d_i / G0
 G0 = ||g'||, if d grows by a factor q per step then s_k = g' sum_i lambda_i and
 r_k = ||g'||^2 sum_i lambda_i sum_{j<i} lambda_j, so d_hat = 2 r / ||s|| tends to
 2 d_k q / (q^2 - 1). Self-consistency (d_hat = q d_k) gives q^2 = 3: the estimate grows by
-sqrt(3) per step, and from the default start (an effective lr of 1e-6) needs at least
+sqrt(3) per step, and from a start of 1e-6 (DAdaptAdam's and Prodigy's) needs at least
 log(1000) / log(sqrt(3)) ~ 12.6 steps to reach an lr of 1e-3 (docs/algorithms.md section 8).
 """
 import math
@@ -21,7 +21,7 @@ import lrfree
 def test_estimate_grows_by_sqrt3_per_step_on_a_linear_objective(betas):
     g = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     p = torch.nn.Parameter(torch.zeros(1000, dtype=torch.float64))
-    opt = lrfree.PSDASGD([p], betas=betas)
+    opt = lrfree.PSDASGD([p], betas=betas, d0_lr=1e-6)
     d, lrs = [], []
     for _ in range(30):
         p.grad = g.clone()

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lrfree
+from lrfree.optim._base import DEFAULT_START_LR
 
 torch.set_num_threads(1)
 
@@ -126,7 +127,8 @@ def test_all_zero_first_gradient_does_not_freeze_the_normaliser_at_eps(cls):
             # step (all 6; counting the zero step's 0 would start at d0_lr / sqrt(6)). Its
             # a = |g| / sqrt(1 + beta2), so G0 = sqrt(n) N sqrt(1 + beta2) and the effective
             # lr is d0_lr / sqrt(1 + beta2): each element still moves by exactly d0_lr.
-            expected = 1e-6 / math.sqrt(1.999) if zero_first else 1e-6
+            start = DEFAULT_START_LR
+            expected = start / math.sqrt(1.999) if zero_first else start
             assert float(opt.param_groups[0]["effective_lr"]) == pytest.approx(expected, rel=1e-12)
         return float(opt.param_groups[0]["estimate"]["alpha_norm"])
 

@@ -147,11 +147,12 @@ def test_requirement2_running_norm_shrinks_step():
     assert norms[-1] < 0.5 * max(norms)
 
 
-@pytest.mark.parametrize("d0_lr", [1e-6, 1e-3])
+@pytest.mark.parametrize("d0_lr", [1e-6, 1e-3, None])
 def test_default_start_is_d0_lr_in_adam_units(d0_lr):
-    """The first step equals torch Adam's first step at lr = d0_lr, also when part of the
-    network has an exactly zero first gradient (elements behind a zero-initialised head):
-    n counts only the elements whose gradient is not zero."""
+    """The first step equals torch Adam's first step at lr = d0_lr (None: the default
+    start, 1e-4), also when part of the network has an exactly zero first gradient
+    (elements behind a zero-initialised head): n counts only the elements whose gradient
+    is not zero."""
     g = torch.Generator().manual_seed(0)
     live = torch.randn(300, dtype=torch.float64, generator=g)
     dead = torch.randn(5000, dtype=torch.float64, generator=g)
@@ -159,6 +160,7 @@ def test_default_start_is_d0_lr_in_adam_units(d0_lr):
     ours = [torch.nn.Parameter(live.clone()), torch.nn.Parameter(dead.clone())]
     adam = [torch.nn.Parameter(live.clone()), torch.nn.Parameter(dead.clone())]
     opt_ours = lrfree.PSDASGD(ours, d0_lr=d0_lr, eps=1e-30)
+    d0_lr = 1e-4 if d0_lr is None else d0_lr
     opt_adam = torch.optim.Adam(adam, lr=d0_lr, eps=1e-30)
     for params, opt in ((ours, opt_ours), (adam, opt_adam)):
         for p, grad in zip(params, grads):

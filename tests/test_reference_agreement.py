@@ -69,7 +69,7 @@ PSDASGD_OPTIONS = [
     dict(weight_decay=0.1, decouple=False),
     dict(d_coef=0.3, growth_rate=1.05),
     dict(d0=1e-3, eps=1e-6),
-    dict(d0_lr=1e-4),
+    dict(d0_lr=1e-6),  # DAdaptAdam's and Prodigy's start (the default until issue 17)
     dict(scaling="adafactor"),
     dict(scaling="adafactor", alpha_norm="running", weight_decay=0.1, decouple=False),
 ]

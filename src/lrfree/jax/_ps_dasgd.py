@@ -108,7 +108,7 @@ def ps_dasgd(
             replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not invariant to
             rescaling alpha: for ablations).
         d0_lr: where the estimate starts, as the first effective lr in Adam-lr units
-            (default 1e-6, the start of DAdaptAdam and Prodigy): ``d_1 = d0_lr sqrt(n)``
+            (default 1e-4, as :class:`lrfree.PSDASGD`): ``d_1 = d0_lr sqrt(n)``
             for the n elements with a non-zero first gradient, so the first effective lr
             is ``d0_lr`` for Adam's scaling (``a_1 = |g_1|``, eps aside), invariant to the
             scale of alpha. Taken at the first step with a non-zero gradient.

@@ -55,15 +55,20 @@ def check_polyak_options(c: float, f_star: float, delta: float, cap_start: float
         raise ValueError(f"cap_growth={cap_growth!r} is invalid: it must be >= 1")
 
 
+# PS-DA-SGD's default start, as the first effective lr in Adam-lr units (issue 17: measured
+# against 1e-6 and 1e-5 at both budgets, docs/algorithms.md §4e)
+DEFAULT_START_LR = 1e-4
+
+
 def check_dadapt_start(d0: float | None, d0_lr: float | None, d_coef: float,
                        growth_rate: float) -> tuple[float, float | None]:
     """Validate PS-DA-SGD's estimate options; returns (d0, d0_lr) with the default start
-    resolved: d0_lr = 1e-6 (Adam-lr units) unless d0 (scaled units) is given."""
+    resolved: d0_lr = DEFAULT_START_LR (Adam-lr units) unless d0 (scaled units) is given."""
     if d0 is not None and d0_lr is not None:
         raise ValueError(f"d0={d0!r} and d0_lr={d0_lr!r} both set the start of the "
                          "estimate: give one (d0_lr in Adam-lr units, d0 in scaled units)")
     if d0 is None:
-        d0_lr = 1e-6 if d0_lr is None else d0_lr
+        d0_lr = DEFAULT_START_LR if d0_lr is None else d0_lr
         check_positive("d0_lr", d0_lr)
         d0 = 1e-6  # replaced by d0_lr's start at the first non-zero gradient
     else:

@@ -51,11 +51,14 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             step, with G0 replaced by a bias-corrected EMA of ||g'||^2), "none" (N = 1; not
             invariant to rescaling alpha: for ablations).
         d0_lr: where the estimate starts, as the first effective lr in Adam-lr units
-            (None: 1e-6 unless d0 is given; the start of DAdaptAdam and Prodigy):
-            ``d_1 = d0_lr sqrt(n)`` for the n elements with a non-zero first gradient,
-            which makes the first effective lr exactly ``d0_lr`` for Adam's scaling
-            (``a_1 = |g_1|``, eps aside) while staying invariant to the scale of alpha.
-            Give ``d0`` instead to start from a distance in scaled units.
+            (None: 1e-4 unless d0 is given): ``d_1 = d0_lr sqrt(n)`` for the n elements
+            with a non-zero first gradient, which makes the first effective lr exactly
+            ``d0_lr`` for Adam's scaling (``a_1 = |g_1|``, eps aside) while staying
+            invariant to the scale of alpha. ``d`` never falls below its start: where the
+            right Adam lr is below 1e-4 (fine-tuning large pretrained models), give a
+            smaller ``d0_lr`` (1e-6 is DAdaptAdam's and Prodigy's start; a slower
+            warm-up, docs/algorithms.md §4e). Give ``d0`` instead to start from a
+            distance in scaled units.
         d0: initial estimate of the distance to the solution in scaled units (the
             published D-Adaptation parameter; default: unused, see ``d0_lr``). In scaled
             units a fixed ``d0`` starts the effective lr near ``d0 / sqrt(n)`` for n
@@ -103,9 +106,9 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             opt.step()
             sched.step()
 
-    Failure modes: ``d`` grows from its start in the first ~20-60 steps (slower the noisier
-    the gradient) and never decreases; an
-    overshoot stays, and without a schedule the step does not decay under gradient noise.
+    Failure modes: ``d`` grows from its start in the first ~10-40 steps (slower the noisier
+    the gradient) and never decreases, so a start above the right lr and an
+    overshoot stay, and without a schedule the step does not decay under gradient noise.
     Use a schedule (``lr`` multiplier) or ``d_coef < 1`` when the estimate overshoots.
     """
 

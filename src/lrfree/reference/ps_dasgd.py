@@ -17,8 +17,8 @@ class PSDASGDReference(torch.optim.Optimizer):
                  growth_rate=math.inf, d0_lr=None, warmup="none", warmup_growth=math.inf):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple))
-        if d0 is None:  # the default start: the first effective lr is d0_lr (1e-6)
-            d0, d0_lr = 1e-6, 1e-6 if d0_lr is None else d0_lr
+        if d0 is None:  # the default start: the first effective lr is d0_lr (1e-4)
+            d0, d0_lr = 1e-6, 1e-4 if d0_lr is None else d0_lr
         self.scaling, self.alpha_norm = scaling, alpha_norm
         self.d_coef, self.growth_rate, self.d0_lr = d_coef, growth_rate, d0_lr
         self.warmup, self.warmup_growth = warmup, warmup_growth
