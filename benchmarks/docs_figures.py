@@ -10,6 +10,8 @@ A figure in prose is marked where it stands, invisibly in rendered Markdown:
 
 Keys (BUDGET is a folder of benchmarks/results, quick or full):
   BUDGET:rank:METHOD            mean LR-free rank (report's summary table), 2 decimals
+  BUDGET:rank-without@A+B:METHOD  the same rank with methods A and B left out of the field
+                                (benchmarks/rank_without.py)
   BUDGET:tasks:METHOD           the number of tasks that rank is over
   BUDGET:ratio:TASK:METHOD      mean / mean of the best Adam on TASK, 2 decimals
   BUDGET:mean:TASK:METHOD       the mean final metric of METHOD on TASK, 3 significant digits
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGES = [ROOT / "README.md",
          *sorted(p for p in (ROOT / "docs").rglob("*.md") if "assets" not in p.parts),
-         RESULTS / "quick" / "notes.md", RESULTS / "full" / "notes.md"]
+         *sorted(RESULTS.glob("*/notes.md"))]
 MARK = re.compile(r"<!--fig:([^>]+?)-->(.*?)<!--/fig-->")
 STANDING_REPORT = RESULTS / "quick" / "report.md"
 
@@ -56,6 +58,9 @@ def value(key: str) -> str:
     tasks = _tasks(budget)
     if kind == "rank":
         return f"{mean_ranks(tasks)[rest[0]][0]:.2f}"
+    if kind.startswith("rank-without@"):
+        left_out = frozenset(kind.partition("@")[2].split("+"))
+        return f"{mean_ranks(tasks, left_out)[rest[0]][0]:.2f}"
     if kind == "tasks":
         return str(mean_ranks(tasks)[rest[0]][1])
     if kind == "compared":

@@ -11,7 +11,8 @@ import torch
 from lrfree.bench import grid
 from lrfree.bench.cli import build_parser, main
 from lrfree.bench.optimizers import optimizer_names
-from lrfree.bench.report import build_report, compared_methods, lr_free_ranks, summary_table
+from lrfree.bench.report import (build_report, compared_methods, lr_free_ranks, mean_ranks,
+                                 summary_table)
 from lrfree.bench.results import group, load_records
 from lrfree.bench.tasks import TASKS
 
@@ -136,6 +137,19 @@ def test_ranks_compare_the_methods_every_task_ran() -> None:
     assert "| A | 1.50 | 2 | 0 |" in table and "| B | 1.50 | 2 | 0 |" in table
     assert "| C | 2.00 | 1 of 2 | 0 |" in table
     assert "Ranked among the 2 LR-free methods that ran on all 2 tasks" in table
+
+
+def test_a_method_left_out_of_the_field_gives_its_places_back() -> None:
+    """A variant (A2) placed between A and B on both tasks pushes B down; left out of the
+    field, B's rank is what it is against A alone, and A2 is not ranked at all."""
+    records = [_record(t, name, family, 0, acc) for t, scores in
+               (("t1", (0.9, 0.8, 0.5)), ("t2", (0.3, 0.4, 0.6)))
+               for (name, family), acc in zip((("A", "ours"), ("A2", "ours"), ("B", "peer")),
+                                              scores)]
+    tasks = group(records)
+    assert {m: r[0] for m, r in mean_ranks(tasks).items()} == {"A": 2.0, "A2": 2.0, "B": 2.0}
+    without = mean_ranks(tasks, frozenset({"A2"}))
+    assert {m: r[0] for m, r in without.items()} == {"A": 1.5, "B": 1.5}
 
 
 def test_report_shows_the_commit_of_every_record(tmp_path) -> None:

@@ -152,12 +152,19 @@ def task_table(task: TaskResults, compared: list[str] | None = None) -> str:
     return "\n".join(lines + ([""] + sweeps if sweeps else []))
 
 
-def mean_ranks(tasks: dict[str, TaskResults]) -> dict[str, tuple[float, int, int]]:
-    """LR-free method -> (mean rank, tasks ranked on, diverged runs), over the tasks it ran."""
-    compared = compared_methods(tasks)
+def mean_ranks(tasks: dict[str, TaskResults],
+               left_out: frozenset[str] = frozenset()) -> dict[str, tuple[float, int, int]]:
+    """LR-free method -> (mean rank, tasks ranked on, diverged runs), over the tasks it ran.
+
+    `left_out`: methods taken out of the field (neither ranked nor ranked against), e.g. a
+    variant of one method that would take places from the others.
+    """
+    compared = [m for m in compared_methods(tasks) if m not in left_out]
     per_method: dict[str, list[float]] = defaultdict(list)
     diverged: dict[str, int] = defaultdict(int)
     for task in tasks.values():
+        task = TaskResults(task.name, task.metric, task.higher_is_better,
+                           {k: r for k, r in task.rows.items() if k not in left_out})
         for label, rank in lr_free_ranks(task, compared).items():
             per_method[label].append(rank)
             diverged[label] += task.rows[label].diverged()
