@@ -140,8 +140,9 @@ def test_ranks_compare_the_methods_every_task_ran() -> None:
 
 
 def test_a_method_left_out_of_the_field_gives_its_places_back() -> None:
-    """A variant (A2) placed between A and B on both tasks pushes B down; left out of the
-    field, B's rank is what it is against A alone, and A2 is not ranked at all."""
+    """A variant (A2) sits between A and B on both tasks, so it pushes the one behind it
+    down a place (B on t1, A on t2); left out of the field, A and B are ranked against each
+    other alone, and A2 is not ranked at all."""
     records = [_record(t, name, family, 0, acc) for t, scores in
                (("t1", (0.9, 0.8, 0.5)), ("t2", (0.3, 0.4, 0.6)))
                for (name, family), acc in zip((("A", "ours"), ("A2", "ours"), ("B", "peer")),
