@@ -29,6 +29,9 @@ JSON line to that file. Run through the benchmark CLI, e.g.
     LRFREE_TRACE=/tmp/rho.jsonl python benchmarks/step_overshoot.py --budget quick \\
         --tasks segmentation --optimizers overshoot-trace --seeds 0,1,2 --out /tmp/ov
 
+`python benchmarks/step_overshoot.py --summarize TRACE` prints rho @ effective lr at a few
+steps, one row per run (#n: the n-th run of that name in the file, in the CLI's seed order).
+
 Not part of the library: weight decay, sharding and non-finite handling are left out.
 """
 from __future__ import annotations
@@ -138,7 +141,26 @@ def register() -> None:
         registry._FIXED[f"adam-trace@{lr}"] = _spec(f"adam-trace@{lr}", fixed_lr=float(lr))
 
 
+def summarize(path: str, steps: tuple[int, ...] = (3, 5, 8, 9, 10, 11, 15, 30, 60)) -> str:
+    """Markdown table of rho / effective lr at `steps`, one row per run of a trace file."""
+    runs: dict[tuple[str, int], dict[int, tuple[float, float]]] = {}
+    for line in open(path):
+        name, run, k, rho, _, lr = json.loads(line)
+        runs.setdefault((name, run), {})[k] = (rho, lr)
+    out = ["| run | " + " | ".join(f"step {k}" for k in steps) + " |",
+           "|---|" + "---|" * len(steps)]
+    seen: dict[str, int] = {}
+    for (name, _), trace in runs.items():
+        seen[name] = seen.get(name, 0) + 1
+        cells = [f"{trace[k][0]:+.3g} @ {trace[k][1]:.2g}" if k in trace else "" for k in steps]
+        out.append(f"| {name} #{seen[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--summarize"]:
+        print(summarize(sys.argv[2]))
+        sys.exit(0)
     register()
     from lrfree.bench.cli import main
 
