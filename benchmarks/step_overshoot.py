@@ -29,13 +29,14 @@ JSON line to that file. Run through the benchmark CLI, e.g.
     LRFREE_TRACE=/tmp/rho.jsonl python benchmarks/step_overshoot.py --budget quick \\
         --tasks segmentation --optimizers overshoot-trace --seeds 0,1,2 --out /tmp/ov
 
-`python benchmarks/step_overshoot.py --summarize TRACE` prints rho @ effective lr at a few
+`python benchmarks/step_overshoot.py --summarize TRACE...` (.jsonl or .jsonl.gz) prints rho @ effective lr at a few
 steps, one row per run (#n: the n-th run of that name in the file, in the CLI's seed order).
 
 Not part of the library: weight decay, sharding and non-finite handling are left out.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -141,10 +142,12 @@ def register() -> None:
         registry._FIXED[f"adam-trace@{lr}"] = _spec(f"adam-trace@{lr}", fixed_lr=float(lr))
 
 
-def summarize(path: str, steps: tuple[int, ...] = (3, 5, 8, 9, 10, 11, 15, 30, 60)) -> str:
+def summarize(path: str, steps: tuple[int, ...] = (3, 5, 8, 9, 10, 11, 15, 30, 60, 300,
+                                                   1000)) -> str:
     """Markdown table of rho / effective lr at `steps`, one row per run of a trace file."""
     runs: dict[tuple[str, int], dict[int, tuple[float, float]]] = {}
-    for line in open(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    for line in opener(path, "rt"):
         name, run, k, rho, _, lr = json.loads(line)
         runs.setdefault((name, run), {})[k] = (rho, lr)
     out = ["| run | " + " | ".join(f"step {k}" for k in steps) + " |",
@@ -159,7 +162,7 @@ def summarize(path: str, steps: tuple[int, ...] = (3, 5, 8, 9, 10, 11, 15, 30, 6
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--summarize"]:
-        print(summarize(sys.argv[2]))
+        print("\n\n".join(f"`{path}`\n\n" + summarize(path) for path in sys.argv[2:]))
         sys.exit(0)
     register()
     from lrfree.bench.cli import main
