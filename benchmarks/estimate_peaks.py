@@ -24,7 +24,7 @@ def main(folder: Path) -> None:
     rows: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for path in sorted(folder.glob("*/*.cosine.seed*.json")):
         record = json.loads(path.read_text())
-        if record["optimizer"] not in METHODS:
+        if record["optimizer"] not in METHODS and not record["optimizer"].startswith("psdasgd-"):
             continue
         lrs, steps = record["curves"]["effective_lr"], record["curves"]["steps"]
         peak = max(lrs)
