@@ -14,7 +14,8 @@ gradient with a displacement, so rho is the same in x and in Adam's scaled units
 not move when the parameters are scaled uniformly (requirement 1); a converged block adds
 zero to both (requirement 2). rho is smoothed by an EMA of numerator and denominator.
 
-  overshoot-trace    PS-DA-SGD unchanged (start d0_lr = 1e-4, the default); rho recorded.
+  overshoot-trace    PS-DA-SGD as it was (start d0_lr = 1e-4, growth unbounded: the default
+                     before §4g); rho recorded.
   overshoot-cap<R>   the step is lam_k = kappa_k d_k / G0 with kappa_k in (0, 1]:
                      kappa_k = min(1, kappa_{k-1} ((1 + R) / (1 + rho_k))^0.5), the
                      multiplicative correction that would bring rho to R, damped.

@@ -1,6 +1,7 @@
 """Tests 2-4 of the core issue: reductions to the base methods and to the peer package,
 and the paper's two requirements (spec sections 3 and 4)."""
 import copy
+import math
 
 import pytest
 import torch
@@ -36,9 +37,11 @@ def test_dadaptsgd_matches_peer_package(momentum):
     assert opt_peer.param_groups[0]["d"] > 100 * 1e-6, "the estimate never moved: vacuous test"
 
 
-def test_psdasgd_with_unit_scaling_is_dadaptsgd():
-    ps, _ = train(lambda g: lrfree.PSDASGD(g, scaling="none", betas=(0.0, 0.999), d0=1e-6), 60)
-    base, _ = train(lambda g: lrfree.DAdaptSGD(g), 60)
+@pytest.mark.parametrize("growth_rate", [math.inf, 1.5])  # DAdaptSGD's default, PSDASGD's
+def test_psdasgd_with_unit_scaling_is_dadaptsgd(growth_rate):
+    ps, _ = train(lambda g: lrfree.PSDASGD(g, scaling="none", betas=(0.0, 0.999), d0=1e-6,
+                                           growth_rate=growth_rate), 60)
+    base, _ = train(lambda g: lrfree.DAdaptSGD(g, growth_rate=growth_rate), 60)
     assert rel(flat(ps), flat(base)) < 1e-10
 
 

@@ -63,7 +63,7 @@ def ps_dasgd(
     alpha_norm: str = "initial",
     d0: float | None = None,
     d_coef: float = 1.0,
-    growth_rate: float = float("inf"),
+    growth_rate: float = 1.5,
     average: bool = False,
     average_power: float = 8.0,
     d0_lr: float | None = None,
@@ -117,7 +117,8 @@ def ps_dasgd(
             ``d0 / sqrt(n)``, a much longer warm-up on large models.
         d_coef: multiplier on the bound before it may raise ``d``; < 1 is more
             conservative (1.0).
-        growth_rate: bound on the growth of ``d`` per step (default unbounded).
+        growth_rate: bound on the growth of ``d`` per step (default 1.5; ``inf``: the
+            published rule; docs/algorithms.md §4g).
         average: keep a weighted average of the iterates in ``state.x_avg`` (weights
             d_k^2 k^p; evaluate and export it, keep training from the params). Needs
             ``params`` in ``update``.

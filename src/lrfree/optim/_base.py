@@ -58,6 +58,9 @@ def check_polyak_options(c: float, f_star: float, delta: float, cap_start: float
 # PS-DA-SGD's default start, as the first effective lr in Adam-lr units (issue 17: measured
 # against 1e-6 and 1e-5 at both budgets, docs/algorithms.md §4e)
 DEFAULT_START_LR = 1e-4
+# d may grow at most x1.5 per step (issue 17, docs/algorithms.md §4g): a faster climb
+# overshoots and the estimate feeds on its own overshoot
+DEFAULT_GROWTH_RATE = 1.5
 
 
 def check_dadapt_start(d0: float | None, d0_lr: float | None, d_coef: float,

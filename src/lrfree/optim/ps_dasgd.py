@@ -9,7 +9,8 @@ from torch import Tensor
 
 from lrfree.optim import _scaled
 from lrfree.optim._base import (
-    Bucket, check_betas, check_choice, check_dadapt_start, check_positive, sq_norms, total,
+    DEFAULT_GROWTH_RATE, Bucket, check_betas, check_choice, check_dadapt_start, check_positive,
+    sq_norms, total,
 )
 from lrfree.rules.dadapt import DAdaptEstimate
 from lrfree.scaling import Scaling, bias_corrections, get_scaling
@@ -65,7 +66,10 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             parameters, ~1e-9 for a small CNN: a warm-up ~2.5 orders of magnitude longer
             (docs/algorithms.md, "Where the estimate starts").
         d_coef: multiplier on the estimate ``d_hat``; < 1 is more conservative.
-        growth_rate: bound on the growth of ``d`` per step (default: unbounded).
+        growth_rate: bound on the growth of ``d`` per step (default 1.5; ``inf`` is the
+            published rule). Unbounded, the estimate can jump x3 in a step into an lr that
+            breaks the network, and then grows on the overshoot's own gradients
+            (docs/algorithms.md §4g).
         warmup: "none" (default: D-Adaptation's estimate alone) or "polyak": ``d`` is also
             raised towards the Polyak distance ``P = max(loss, 0) / ||g'||`` in scaled units
             (a lower bound on the distance to the solution for a convex loss with minimum
@@ -118,7 +122,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = True,
                  scaling: str | Scaling = "adam", alpha_norm: str = "initial",
                  d0: float | None = None,
-                 d_coef: float = 1.0, growth_rate: float = float("inf"),
+                 d_coef: float = 1.0, growth_rate: float = DEFAULT_GROWTH_RATE,
                  average: bool = False, average_power: float = 8.0,
                  d0_lr: float | None = None, *, warmup: str = "none",
                  warmup_growth: float = float("inf"),

@@ -14,7 +14,7 @@ class PSDASGDReference(torch.optim.Optimizer):
 
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decouple=True, scaling="adam", alpha_norm="initial", d0=None, d_coef=1.0,
-                 growth_rate=math.inf, d0_lr=None, warmup="none", warmup_growth=math.inf):
+                 growth_rate=1.5, d0_lr=None, warmup="none", warmup_growth=math.inf):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple))
         if d0 is None:  # the default start: the first effective lr is d0_lr (1e-4)
