@@ -8,7 +8,8 @@ A figure in prose is marked where it stands, invisibly in rendered Markdown:
 
     Prodigy <!--fig:quick:rank:prodigy-->3.06<!--/fig-->
 
-Keys (BUDGET is a folder of benchmarks/results, quick or full):
+Keys (BUDGET is a folder of benchmarks/results, quick or full; `quick+quick_growth_inf` is
+quick with the rows of quick_growth_inf in place of its rows of the same task and name):
   BUDGET:rank:METHOD            mean LR-free rank (report's summary table), 2 decimals
   BUDGET:rank-without@A+B:METHOD  the same rank with methods A and B left out of the field
                                 (benchmarks/rank_without.py)
@@ -47,7 +48,17 @@ STANDING_REPORT = RESULTS / "quick" / "report.md"
 
 @functools.lru_cache(maxsize=None)
 def _tasks(budget: str) -> dict[str, TaskResults]:
-    return group(load_records(RESULTS / budget))
+    """The records of `budget`; `A+B` is folder A with B's rows in place of A's rows of the
+    same task and name (e.g. a report as it stood before a change of default)."""
+    first, *overrides = budget.split("+")
+    records = load_records(RESULTS / first)
+    for folder in overrides:
+        tasks = {r["task"] for r in records}
+        extra = [r for r in load_records(RESULTS / folder) if r["task"] in tasks]
+        replaced = {(r["task"], r["optimizer"], r["schedule"]) for r in extra}
+        records = [r for r in records
+                   if (r["task"], r["optimizer"], r["schedule"]) not in replaced] + extra
+    return group(records)
 
 
 def value(key: str) -> str:

@@ -257,11 +257,13 @@ _FIXED: dict[str, OptimizerSpec] = {
               # Polyak distance max(loss, 0) / ||g'||, or grows x3 per step towards it
               ("psdasgd-polyak", "PSDASGD", {"warmup": "polyak"}),
               ("psdasgd-polyak3", "PSDASGD", {"warmup": "polyak", "warmup_growth": 3.0}),
-              # d may grow at most x1.5 / x1.25 per step (issue 17, docs/algorithms.md §4g):
-              # a slower climb to the same estimate, against the early collapse on
-              # segmentation at the quick budget
+              # d may grow at most x2 / x1.5 / x1.25 per step (issue 17, docs/algorithms.md
+              # §4g): a slower climb, against the early collapse on segmentation at the quick
+              # budget; 1.5 is the default since
+              ("psdasgd-growth2", "PSDASGD", {"growth_rate": 2.0}),
               ("psdasgd-growth1.5", "PSDASGD", {"growth_rate": 1.5}),
               ("psdasgd-growth1.25", "PSDASGD", {"growth_rate": 1.25}),
+              ("psdasgd-growthinf", "PSDASGD", {"growth_rate": math.inf}),  # the published rule
           ]],
         *[OptimizerSpec(f"adamw-wd0.1@{lr}", "ablation", _adamw(float(lr), 0.1), _group_lr,
                         lr=float(lr)) for lr in SWEEP_LRS_ADAM],
