@@ -2,6 +2,7 @@
 requirement 1 with averaging on, eval/train semantics, resume, and the noisy quadratic it
 exists for."""
 import io
+import math
 
 import pytest
 import torch
@@ -13,47 +14,96 @@ from problems import TinyNet, batches, flat, param_groups, train
 from test_reductions_and_invariance import ScaledAlpha
 
 
-def reference_average(make_ref, steps, power=8.0, weight="d"):
+def reference_average(make_ref, steps, power=8.0, weight="d", schedule=None,
+                      gamma_in_weights=True, with_last=False):
     """PSDASGD/PSSPS reference plus the average in the spec's notation: W_k = sum w_i kept
-    directly in float64 (no ratio trick), x_avg_k = x_avg_{k-1} + w_k / W_k (x_k - x_avg_{k-1})."""
+    directly in float64 (no ratio trick), x_avg_k = x_avg_{k-1} + w_k / W_k (x_k - x_avg_{k-1}),
+    w_k = (d_k / gamma_k)^2 k^p with gamma_k the largest group lr at step k (``schedule(step)``
+    multiplies every group's lr; None: constant)."""
     net = TinyNet()
-    ref = make_ref(param_groups(net))
+    groups = param_groups(net)
+    base = [g["lr"] for g in groups]
+    ref = make_ref(groups)
     x, y = batches()
     avg = {p: p.detach().clone() for p in net.parameters()}
     total = 0.0
     history = []
     for step in range(steps):
         idx = torch.arange(step * 16, step * 16 + 16) % len(x)
+        if schedule is not None:
+            for group, lr in zip(ref.param_groups, base):
+                group["lr"] = lr * schedule(step)
+        gamma = max(group["lr"] for group in ref.param_groups)
         ref.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x[idx], step), y[idx])
         loss.backward()
         ref.step(loss=loss)
         d = ref.scalars["d_used"] if weight == "d" else 1.0
         k = ref.scalars["k"]
-        w = d ** 2 * k ** power
+        w = (d / (gamma if gamma_in_weights else 1.0)) ** 2 * k ** power
         total += w
         for p in net.parameters():
             if p.grad is not None:
                 avg[p] = avg[p] + (w / total) * (p.detach() - avg[p])
         history.append([avg[p].clone() for p in net.parameters()])
+    if with_last:
+        return history, [p.detach().clone() for p in net.parameters()]
     return history
 
 
+def cosine(step, steps=25):
+    return 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+@pytest.mark.parametrize("schedule", [None, cosine], ids=["constant", "cosine"])
 @pytest.mark.parametrize("cls,ref,weight", [(lrfree.PSDASGD, PSDASGDReference, "d"),
                                             (lrfree.PSSPS, PSSPSReference, "one")])
-def test_average_matches_reference(cls, ref, weight):
-    expected = reference_average(lambda g: ref(g), 25, weight=weight)
+def test_average_matches_reference(cls, ref, weight, schedule):
+    expected = reference_average(lambda g: ref(g), 25, weight=weight, schedule=schedule)
     seen = []
 
     def record(step, net, opt):
         seen.append([opt.state[p]["x_avg"].clone() if "x_avg" in opt.state[p] else p.detach().clone()
                      for p in net.parameters()])
+        if schedule is not None:  # the next step's lr, as the reference sets it
+            for group, lr in zip(opt.param_groups, (1.0, 0.5)):
+                group["lr"] = lr * schedule(step + 1)
 
     train(lambda g: cls(g, average=True), 25, on_step=record)
     for step, (ours, theirs) in enumerate(zip(seen, expected)):
         for a, b in zip(ours, theirs):
             err = float((a - b).abs().max() / b.abs().max())
             assert err < 1e-10, f"step {step}: {err}"
+
+
+def test_a_decaying_schedule_moves_the_average_onto_its_last_iterates():
+    """Under a schedule that decays towards 0 the weights (d/gamma)^2 k^p put the average at
+    the last iterates; the weights without gamma (the rule before issue 17) keep it among
+    the large steps of the run. (The class equals this reference: the test above.)"""
+    def schedule(step):
+        return max(cosine(step, 40), 1e-4)
+
+    def gap(gamma_in_weights):
+        history, last = reference_average(lambda g: PSDASGDReference(g), 40, schedule=schedule,
+                                          gamma_in_weights=gamma_in_weights, with_last=True)
+        return float(torch.cat([(a - b).reshape(-1) for a, b in zip(history[-1], last)]).norm())
+
+    assert gap(True) < 0.05 * gap(False)
+
+
+def test_a_step_at_lr_zero_leaves_the_average_alone():
+    def record(step, net, opt):
+        for group, lr in zip(opt.param_groups, (1.0, 0.5)):
+            group["lr"] = 0.0 if step == 9 else lr
+        if step == 9:
+            record.before = {p: opt.state[p]["x_avg"].clone() for p in net.parameters()
+                             if "x_avg" in opt.state[p]}
+        if step == 10:
+            for p, avg in record.before.items():
+                assert torch.equal(opt.state[p]["x_avg"], avg)
+    net, opt = train(lambda g: lrfree.PSDASGD(g, average=True), 20, on_step=record)
+    assert all(torch.isfinite(opt.state[p]["x_avg"]).all() for p in net.parameters()
+               if "x_avg" in opt.state[p])
 
 
 def test_requirement1_holds_for_the_average():

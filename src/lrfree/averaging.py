@@ -3,11 +3,15 @@
 Training follows the optimizer's own path x_k. Beside it each parameter keeps a weighted
 average of the iterates (spec section 4b)
 
-    w_k = scale_k^2 * k^p        W_k = W_{k-1} + w_k        x_avg_k = x_avg_{k-1} + (w_k / W_k)(x_k - x_avg_{k-1})
+    w_k = (scale_k / gamma_k)^2 * k^p   W_k = W_{k-1} + w_k   x_avg_k = x_avg_{k-1} + (w_k / W_k)(x_k - x_avg_{k-1})
 
-with ``scale_k`` the D-Adaptation estimate d_k used at step k (1 for the Polyak methods)
-and p = 8: about 90% of the weight sits on the last ~23% of the steps at any point, so no
-run length is needed, and the user's lr schedule is left out so its tail is not discounted.
+with ``scale_k`` the D-Adaptation estimate d_k used at step k (1 for the Polyak methods),
+``gamma_k`` the user's lr multiplier at step k (the largest of the param groups) and p = 8:
+about 90% of the weight sits on the last ~23% of the steps at any point, so no run length
+is needed. A constant multiplier leaves the weights as they are; a schedule that decays to
+zero moves them onto its small-step iterates, so that the average tends to the last
+iterate instead of holding iterates from the large-step part of the run
+(docs/algorithms.md §4b, issue 17).
 
 W is never stored (k^8 overflows float32 near 6e4 steps): the optimizer keeps the ratio
 rho_k = W_k / w_k, which obeys rho_k = 1 + rho_{k-1} * w_{k-1} / w_k and stays below k.
@@ -22,10 +26,15 @@ from torch import Tensor, nn
 
 
 def update(est: dict[str, Tensor], params: list[list[Tensor]], averages: list[list[Tensor]],
-           scale: Tensor, power: float) -> None:
-    """Fold this step's iterates into the averages; ``est["step"]`` is this step's k."""
+           scale: Tensor, power: float, gamma: float = 1.0) -> None:
+    """Fold this step's iterates into the averages; ``est["step"]`` is this step's k and
+    ``gamma`` its lr multiplier (a Python float; a step at 0 moved nothing and is left out)."""
+    if gamma == 0:
+        return
     k = est["step"]
     scale = scale.to(k.dtype)
+    if gamma != 1:  # times the reciprocal, as the JAX port (where a division by a constant
+        scale = scale * (1.0 / gamma)  # may compile to this product): the same bits in both
     if "avg_ratio" in est:
         shrink = (est["avg_scale"] / scale) ** 2 * ((k - 1) / k) ** power
         est["avg_ratio"] = 1.0 + est["avg_ratio"] * shrink

@@ -237,7 +237,7 @@ def ps_dasgd(
         if _scaled.known(growth) != float("inf"):  # None (traced): bounded, inf or not
             bound = jnp.minimum(bound, growth * d)
         updates, step_fields = _scaled.take_step(space, grads, params, state, fields["m"],
-                                                 lam * space.norm, d, opts_k)
+                                                 lam * space.norm, _scaled.per_multiplier(d, gamma), opts_k)
         return updates, state._replace(
             d=jnp.maximum(d, bound), d_hat=d_hat, r=r, grad_norm0=g0, sq_norm_ema=ema,
             live_count=live_count, s=s, **fields, **step_fields)

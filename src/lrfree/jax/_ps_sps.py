@@ -178,7 +178,7 @@ def ps_sps(
         eta = jnp.minimum(eta_polyak, cap)
         updates, step_fields = _scaled.take_step(space, grads, params, state, fields["m"],
                                                  gamma * eta * space.norm,
-                                                 jnp.ones_like(eta), opts_k)
+                                                 _scaled.per_multiplier(jnp.ones_like(eta), gamma), opts_k)
         return updates, state._replace(
             polyak_step=eta, cap=cap_growth_k * jnp.maximum(eta, floor), floor=floor,
             **fields, **step_fields)

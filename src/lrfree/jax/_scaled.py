@@ -283,7 +283,8 @@ def take_step(space: ScaledSpace, grads: Any, params: Any, state: Any, m: Any,
 
 def average(params: Any, updates: Any, state: Any, k: jax.Array, scale: jax.Array,
             opts: Options) -> dict[str, Any]:
-    """Fold x_k = params + updates into the weighted average (weights scale_k^2 k^p),
+    """Fold x_k = params + updates into the weighted average (weights scale_k^2 k^p, with
+    scale_k = d_k / gamma_k: the lr multiplier's decay moves the weight onto its small steps),
     keeping only the ratio W_k / w_k (as lrfree/averaging.py; it starts at 0, so the
     first step's weight is 1)."""
     shrink = (state.avg_scale / scale) ** 2 * ((k - 1) / k) ** opts.average_power
@@ -293,6 +294,16 @@ def average(params: Any, updates: Any, state: Any, k: jax.Array, scale: jax.Arra
         lambda a, p, u: a + weight.astype(a.dtype) * ((p + u).astype(a.dtype) - a),
         state.x_avg, params, updates)
     return dict(x_avg=x_avg, avg_ratio=ratio, avg_scale=scale)
+
+
+def per_multiplier(scale: jax.Array, gamma: jax.Array) -> jax.Array:
+    """The averaging scale d_k / gamma_k (lrfree/averaging.py), as scale * (1 / gamma).
+
+    gamma is a compile-time constant for a Python learning rate and a traced value under
+    optax.inject_hyperparams; the barrier keeps XLA from folding the constant into the
+    average's later division (a product with the reciprocal: different bits), so both give
+    the same average."""
+    return scale * (1 / jax.lax.optimization_barrier(gamma))
 
 
 def learning_rate_at(opts: Options, count: jax.Array, dtype: Any) -> jax.Array:

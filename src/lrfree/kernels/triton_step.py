@@ -400,6 +400,6 @@ def _finish(opt: Any, buckets: list[Bucket], est: dict[str, Tensor], step: Tenso
     if group0["average"]:
         averaging.update(est, [b.params for b in buckets],
                          [b.states["x_avg"] for b in buckets], average_scale,
-                         group0["average_power"])
+                         group0["average_power"], max(g["lr"] for g in opt.param_groups))
     for group in opt.param_groups:
         group["effective_lr"] = step * group["lr"] * norm

@@ -234,7 +234,7 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
     def _take_step(self, buckets: list[Bucket], est: dict[str, Tensor], step: Tensor,
                    norm: Tensor, average_scale: Tensor) -> None:
         """x <- x - gamma * step * N * m_hat / a for every group, then the average
-        (weights average_scale^2 * k^p), and the observable effective_lr."""
+        (weights (average_scale / gamma)^2 * k^p), and the observable effective_lr."""
         group0 = self.param_groups[0]
         # step * lr * norm once per distinct lr (a list of pairs, not a dict: a scheduler
         # may give lr as a symbolic float under Dynamo); lr = 1 multiplies exactly
@@ -252,7 +252,7 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
         if group0["average"]:
             averaging.update(est, [b.params for b in buckets],
                              [b.states["x_avg"] for b in buckets], average_scale,
-                             group0["average_power"])
+                             group0["average_power"], max(g["lr"] for g in self.param_groups))
         for group in self.param_groups:
             group["effective_lr"] = effective(group["lr"])
 
