@@ -35,6 +35,8 @@ import torch
 
 from lrfree.bench import optimizers as registry
 
+from _scaled_prototype import adam_moments, freeze_normaliser
+
 
 class EstimateVariant(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1.0, betas=(0.9, 0.999), eps: float = 1e-8,
@@ -51,7 +53,8 @@ class EstimateVariant(torch.optim.Optimizer):
                  if p.grad is not None]
         sc["k"] += 1
         k = sc["k"]
-        beta1, beta2 = self.param_groups[0]["betas"]
+        betas = self.param_groups[0]["betas"]
+        beta2 = betas[1]
         eps = self.param_groups[0]["eps"]
         a, direction = {}, {}
         for _, p in items:  # Adam's a_k and m_hat_k (spec §2)
@@ -59,15 +62,8 @@ class EstimateVariant(torch.optim.Optimizer):
             if "m" not in st:
                 st.update(m=torch.zeros_like(p), v=torch.zeros_like(p),
                           s=torch.zeros_like(p), r=0.0, quad=0.0)
-            st["m"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
-            st["v"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            a[p] = (st["v"] / (1 - beta2 ** k)).sqrt() + eps
-            direction[p] = st["m"] / (1 - beta1 ** k)
-        if sc["N"] is None:  # N = mean of a_1 over the live elements; d_1 = d0_lr sqrt(n)
-            live = [a[p][p.grad != 0] for _, p in items]
-            sc["n"] = sum(t.numel() for t in live)
-            sc["N"] = sum(float(t.sum()) for t in live) / max(sc["n"], 1)
-            sc["d"] = self.d0_lr * math.sqrt(max(sc["n"], 1))
+            a[p], direction[p] = adam_moments(st, p.grad, betas, eps, k)
+        freeze_normaliser(sc, a, [p for _, p in items], self.d0_lr)
         norm = sc["N"]
         scaled = {p: p.grad * torch.sqrt(norm / a[p]) for _, p in items}
         sq = sum(float((scaled[p] ** 2).sum()) for _, p in items)

@@ -47,6 +47,8 @@ import torch
 
 from lrfree.bench import optimizers as registry
 
+from _scaled_prototype import adam_moments, freeze_normaliser
+
 
 class OvershootControlled(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1.0, betas=(0.9, 0.999), eps: float = 1e-8,
@@ -66,7 +68,7 @@ class OvershootControlled(torch.optim.Optimizer):
                  if p.grad is not None]
         sc["k"] += 1
         k = sc["k"]
-        beta1, beta2 = self.param_groups[0]["betas"]
+        betas = self.param_groups[0]["betas"]
         eps = self.param_groups[0]["eps"]
         a, direction = {}, {}
         along_last = 0.0  # phi'(1) = <g_k, x_k - x_{k-1}>
@@ -76,10 +78,7 @@ class OvershootControlled(torch.optim.Optimizer):
                 st.update(m=torch.zeros_like(p), v=torch.zeros_like(p),
                           s=torch.zeros_like(p), u=torch.zeros_like(p))
             along_last += float((p.grad * st["u"]).sum())
-            st["m"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
-            st["v"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            a[p] = (st["v"] / (1 - beta2 ** k)).sqrt() + eps
-            direction[p] = st["m"] / (1 - beta1 ** k)
+            a[p], direction[p] = adam_moments(st, p.grad, betas, eps, k)
         rho = math.nan
         if sc["last_descent"] is not None:
             w = self.smoothing
@@ -90,11 +89,7 @@ class OvershootControlled(torch.optim.Optimizer):
                 if math.isfinite(self.target):
                     factor = ((1 + self.target) / max(1 + rho, 1e-3)) ** self.damping
                     sc["kappa"] = min(1.0, sc["kappa"] * min(max(factor, 0.5), 2.0))
-        if sc["N"] is None:
-            live = [a[p][p.grad != 0] for _, p in items]
-            sc["n"] = sum(t.numel() for t in live)
-            sc["N"] = sum(float(t.sum()) for t in live) / max(sc["n"], 1)
-            sc["d"] = self.d0_lr * math.sqrt(max(sc["n"], 1))
+        freeze_normaliser(sc, a, [p for _, p in items], self.d0_lr)
         norm = sc["N"]
         scaled = {p: p.grad * torch.sqrt(norm / a[p]) for _, p in items}
         if sc["G0"] == 0:
