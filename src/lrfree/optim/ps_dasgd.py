@@ -77,7 +77,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             ``opt.step(loss=loss)``.
         warmup_growth: with ``warmup="polyak"``, the factor ``d`` may grow by per step
             towards P (default inf: ``d`` starts at ``max(start, P)`` at the first step).
-        average: keep a weighted average of the iterates (weights d_k^2 k^p, see
+        average: keep a weighted average of the iterates (weights (d_k/gamma_k)^2 k^p,
+            gamma_k the group lr multiplier; see
             :mod:`lrfree.averaging`; one more state tensor). ``opt.eval()`` puts the
             average into the model for evaluation and export, ``opt.train()`` puts the
             training weights back; ``with opt.averaged(): ...`` does both.
