@@ -229,6 +229,7 @@ def test_checkpoint_from_float64_run_loads_into_float32_model(cls):
 
 # ---------------------------------------------------------- sharded sums (gloo)
 SHARD_SCRIPT = textwrap.dedent(r"""
+    import gc
     import sys
     import torch
     import torch.distributed as dist
@@ -274,8 +275,17 @@ SHARD_SCRIPT = textwrap.dedent(r"""
     if rank == 0:
         results["single"] = run("psdasgd", {"w1": 0, "b1": 0, "w2": 0, "late": 0}, single[0])
         torch.save(results, out)
+    # Teardown (docs/distributed.md, "Teardown"): the single-rank groups held here keep their
+    # gloo worker threads alive after destroy_process_group(); left to interpreter shutdown,
+    # such a thread can need the GIL to free a finished collective after shutdown has begun
+    # and abort the process ("terminate called without an active exception"; seen once in
+    # CI on torch 2.11). Release them, and collect, while the interpreter is fully alive.
+    del results
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+    del single
+    gc.collect()
 """)
 
 
