@@ -120,8 +120,8 @@ def ps_dasgd(
         growth_rate: bound on the growth of ``d`` per step (default 1.5; ``inf``: the
             published rule; docs/algorithms.md §4g).
         average: keep a weighted average of the iterates in ``state.x_avg`` (weights
-            (d_k/gamma_k)^2 k^p, gamma_k the lr multiplier; evaluate and export it, keep training from the params). Needs
-            ``params`` in ``update``.
+            (d_k/gamma_k)^2 k^p, gamma_k the lr multiplier; evaluate and export it, keep
+            training from the params). Needs ``params`` in ``update``.
         average_power: p of the averaging weights (8).
         skip_nonfinite: a step whose gradient holds inf/NaN leaves the state unchanged,
             returns zero updates and counts ``state.skipped_steps`` (the torch default
