@@ -30,6 +30,7 @@ ROWS, DIM, BATCH, STEPS, SEEDS = 200, 50, 16, 3000, (0, 1, 2)
 CONFIGS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
     "psdasgd": lambda p: lrfree.PSDASGD(p),
     "psdasgd average=True": lambda p: lrfree.PSDASGD(p, average=True),
+    "psdasgd schedule_free=True": lambda p: lrfree.PSDASGD(p, schedule_free=True),
     "psdasgd growth_rate=inf": lambda p: lrfree.PSDASGD(p, growth_rate=float("inf")),
     "psdasgd d0_lr=1e-6": lambda p: lrfree.PSDASGD(p, d0_lr=1e-6),
     "psdasgd d0_lr=1e-6 average=True": lambda p: lrfree.PSDASGD(p, d0_lr=1e-6, average=True),

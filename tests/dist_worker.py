@@ -40,12 +40,15 @@ DTYPE = torch.float64
 # 1e-3 moves them 9-22% and runs the same code (r_eps from the all-reduced ||x0||).
 OPTIMIZERS = {
     "PSDASGD": lambda params, **kw: lrfree.PSDASGD(params, weight_decay=0.01, **kw),
+    # the schedule-free iteration (docs/algorithms.md §4h): the same sums, its own step
+    "PSDASGD-SF": lambda params, **kw: lrfree.PSDASGD(params, weight_decay=0.01,
+                                                       schedule_free=True, **kw),
     "PSSPS": lambda params, **kw: lrfree.PSSPS(params, weight_decay=0.01, **kw),
     "PSDoG": lambda params, **kw: lrfree.PSDoG(params, weight_decay=0.01, reps_rel=1e-3, **kw),
     "DAdaptSGD": lambda params, **kw: lrfree.DAdaptSGD(params, momentum=0.9, **kw),
 }
 # the estimate each optimizer keeps in its param groups, recorded at every step
-ESTIMATE = {"PSDASGD": "d", "PSSPS": "polyak_step", "PSDoG": "dog_step", "DAdaptSGD": "d"}
+ESTIMATE = {"PSDASGD": "d", "PSDASGD-SF": "d", "PSSPS": "polyak_step", "PSDoG": "dog_step", "DAdaptSGD": "d"}
 # "unreduced": the sharded layout without process_group= (each rank estimates from its own
 # shard only): the control that shows the comparison can fail.
 SCENARIOS = [(opt, layout) for layout in ("ddp", "sharded", "fsdp") for opt in OPTIMIZERS]

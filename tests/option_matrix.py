@@ -25,7 +25,9 @@ PS_OPTIONS: list[dict[str, Any]] = [
 ]
 # options of one optimizer only
 OWN_OPTIONS: dict[str, list[dict[str, Any]]] = {
-    "psdasgd": [{"d0": 1e-2}, {"d_coef": 0.5, "growth_rate": 2.0}, {"alpha_norm": "running"}],
+    "psdasgd": [{"d0": 1e-2}, {"d_coef": 0.5, "growth_rate": 2.0}, {"alpha_norm": "running"},
+                {"schedule_free": True}, {"schedule_free": True, "foreach": False},
+                {"schedule_free": True, "weight_decay": 0.1, "scaling": "adafactor"}],
     "pssps": [{"f_star": -0.5, "c": 0.2}, {"alpha_norm": "running"}],  # PSDoG has no "running"
     "psdog": [{"reps_rel": 1e-4}],
     "sps": [{}, {"foreach": False}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decouple": False},

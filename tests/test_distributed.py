@@ -110,7 +110,7 @@ def test_collectives_per_step(results, opt_name):
     """Every rank joins the same collectives, also rank 1 of the sharded layout on the
     steps where it has no gradient: one per reduction point, one for the non-finite check,
     and for the Polyak methods one to average the loss (also under DDP)."""
-    per_step = {"PSDASGD": 2, "PSSPS": 3, "PSDoG": 2, "DAdaptSGD": 2}[opt_name]
+    per_step = {"PSDASGD": 2, "PSDASGD-SF": 2, "PSSPS": 3, "PSDoG": 2, "DAdaptSGD": 2}[opt_name]
     first = per_step + (opt_name != "DAdaptSGD")  # N0, the mean of alpha, at the first step
     for layout in ("sharded", "fsdp"):
         counts = [results[rank][f"{opt_name}/{layout}"]["collectives"] for rank in range(2)]

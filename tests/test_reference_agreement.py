@@ -72,6 +72,12 @@ PSDASGD_OPTIONS = [
     dict(d0_lr=1e-6),  # DAdaptAdam's and Prodigy's start (the default until issue 17)
     dict(scaling="adafactor"),
     dict(scaling="adafactor", alpha_norm="running", weight_decay=0.1, decouple=False),
+    # the schedule-free iteration (docs/algorithms.md §4h): z and y against z and x stored
+    dict(schedule_free=True),
+    dict(schedule_free=True, weight_decay=0.1),
+    dict(schedule_free=True, weight_decay=0.1, decouple=False, betas=(0.95, 0.99)),
+    dict(schedule_free=True, scaling="adafactor", growth_rate=float("inf")),
+    dict(schedule_free=True, scaling="none"),
 ]
 
 
@@ -81,7 +87,7 @@ def test_psdasgd_matches_reference(options, foreach):
     lockstep(
         lambda groups: lrfree.PSDASGD(groups, foreach=foreach, **options),
         lambda groups: PSDASGDReference(groups, **options),
-        ("m", "v", "v_max", "v_row", "v_col", "s"),
+        ("m", "v", "v_max", "v_row", "v_col", "s", "z"),
         {"d": "d", "d_hat": "d_hat", "r": "r", "alpha_norm": "N0", "grad_norm0": "G0"},
     )
 

@@ -27,6 +27,7 @@ OPTIMIZERS = {
     "psdasgd": (lrfree.PSDASGD, {}),
     "psdasgd-amsgrad": (lrfree.PSDASGD, {"scaling": "amsgrad", "average": True}),
     "psdasgd-adafactor": (lrfree.PSDASGD, {"scaling": "adafactor"}),
+    "psdasgd-schedule-free": (lrfree.PSDASGD, {"schedule_free": True, "weight_decay": 0.1}),
     "pssps": (lrfree.PSSPS, {}),
     "pssps-adafactor": (lrfree.PSSPS, {"scaling": "adafactor", "average": True}),
     "psdog": (lrfree.PSDoG, {}),

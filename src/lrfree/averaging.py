@@ -99,23 +99,52 @@ class AveragingMixin:
                     local = distributed.local(p)
                     yield (torch.view_as_real(local) if local.is_complex() else local), avg
 
+    def _schedule_free_swap(self, to_average: bool) -> None:
+        """y <-> x from y = (1 - beta1) z + beta1 x: x = lerp(y, z, 1 - 1/beta1) and back
+        y = lerp(x, z, 1 - beta1), each group with its own beta1 (to float rounding, not
+        bitwise: the average is not stored, docs/algorithms.md §4h)."""
+        from lrfree import distributed
+
+        with torch.no_grad():
+            for group in self.param_groups:
+                beta1 = group["betas"][0]
+                weight = 1.0 - 1.0 / beta1 if to_average else 1.0 - beta1
+                for p in group["params"]:
+                    z = self.state[p].get("z") if p in self.state else None
+                    if z is None:  # never stepped: y = z = x
+                        continue
+                    local = distributed.local(p)
+                    local = torch.view_as_real(local) if local.is_complex() else local
+                    if local.dtype == z.dtype:
+                        local.lerp_(z, weight)
+                    else:  # low-precision parameter, float32 z: one rounding
+                        local.copy_(local.to(z.dtype).lerp_(z, weight))
+
     def eval(self) -> None:
         """Put the averaged weights into the model (for evaluation or export).
 
         Idempotent; the training weights are kept in the optimizer state until ``train()``.
         """
         group0 = self.param_groups[0]
-        if not group0.get("average") or group0.get("averaged_in"):
+        sf = group0.get("schedule_free")
+        if not (group0.get("average") or sf) or group0.get("averaged_in"):
             return
-        swap(self._average_pairs())
+        if sf:
+            self._schedule_free_swap(True)
+        else:
+            swap(self._average_pairs())
         group0["averaged_in"] = True
 
     def train(self) -> None:
-        """Put the training weights back (bitwise); idempotent."""
+        """Put the training weights back (bitwise with ``average=True``; to float rounding
+        with ``schedule_free=True``); idempotent."""
         group0 = self.param_groups[0]
         if not group0.get("averaged_in"):
             return
-        swap(self._average_pairs())
+        if group0.get("schedule_free"):
+            self._schedule_free_swap(False)
+        else:
+            swap(self._average_pairs())
         group0["averaged_in"] = False
 
     @contextmanager

@@ -27,7 +27,8 @@ def _ours_missing(name: str) -> str | None:
     spec = bench_opt.get_spec(name)
     if spec.family != "ours":
         return None
-    class_name = {"psdasgd": "PSDASGD", "psdasgd-avg": "PSDASGD", "pssps": "PSSPS",
+    class_name = {"psdasgd": "PSDASGD", "psdasgd-avg": "PSDASGD", "psdasgd-sf": "PSDASGD",
+                  "pssps": "PSSPS",
                   "sps": "SPS", "dadaptsgd": "DAdaptSGD", "psdog": "PSDoG"}[name]
     cls = getattr(lrfree, class_name, None)
     if cls is None:

@@ -1,15 +1,16 @@
 """Optimizer configurations for the benchmark: name -> factory of an `OptimizerHandle`.
 
 Names:
-  ours (defaults, untuned)   psdasgd, psdasgd-avg, pssps, sps, dadaptsgd
+  ours (defaults, untuned)   psdasgd, psdasgd-avg, psdasgd-sf, pssps, sps, dadaptsgd
   hand-tuned baselines        adam@<lr>, adam-avg@<lr>, sgdm@<lr>   (any lr parses; the sweeps
                               below are the registered grid)
   LR-free peers (defaults)    dadapt-adam, prodigy, dog, sf-adamw, momsps
 
 Every method with an lr gets the task's schedule (cosine to zero over the run, no warmup, as
-a LambdaLR multiplier), except schedule-free AdamW and MomSPS, which have none to schedule
-(ALGORITHMS.md §8). Peer packages and our own classes are imported inside the builders, so
-this module imports even when one of them is missing.
+a LambdaLR multiplier), except schedule-free AdamW, PS-DA-SGD's schedule-free iteration
+(psdasgd-sf) and MomSPS, which have none to schedule (ALGORITHMS.md §8). Peer packages and
+our own classes are imported inside the builders, so this module imports even when one of
+them is missing.
 
 Weight decay is 0 everywhere except the `wd0.1` preset (`psdasgd-wd0.1` and the sweep
 `adamw-wd0.1@<lr>`: decoupled decay 0.1 on every parameter, ablation rows); a task that wants
@@ -215,6 +216,10 @@ _FIXED: dict[str, OptimizerSpec] = {
         OptimizerSpec("psdasgd", "ours", _ours("PSDASGD"), _group_effective_lr, pass_loss=True),
         OptimizerSpec("psdasgd-avg", "ours", _ours("PSDASGD", average=True), _group_effective_lr,
                       pass_loss=True, train_eval=True),
+        # the schedule-free iteration (docs/algorithms.md §4h): never scheduled, evaluated
+        # at its average (opt.eval())
+        OptimizerSpec("psdasgd-sf", "ours", _ours("PSDASGD", schedule_free=True),
+                      _group_effective_lr, scheduled=False, pass_loss=True, train_eval=True),
         OptimizerSpec("pssps", "ours", _ours("PSSPS"), _group_effective_lr, pass_loss=True),
         OptimizerSpec("psdog", "ours", _ours("PSDoG"), _group_effective_lr, pass_loss=True),
         OptimizerSpec("sps", "ours", _ours("SPS"), _group_effective_lr, pass_loss=True),
@@ -273,7 +278,7 @@ _FIXED: dict[str, OptimizerSpec] = {
 _SWEPT = re.compile(r"^(adam|adam-avg|sgdm)@([0-9.]+(?:e-?[0-9]+)?)$")
 
 PRESETS: dict[str, list[str]] = {
-    "ours": ["psdasgd", "psdasgd-avg", "pssps", "sps", "dadaptsgd"],
+    "ours": ["psdasgd", "psdasgd-avg", "psdasgd-sf", "pssps", "sps", "dadaptsgd"],
     "adam-sweep": [f"adam@{lr}" for lr in SWEEP_LRS_ADAM],
     "adam-avg-sweep": [f"adam-avg@{lr}" for lr in SWEEP_LRS_ADAM],
     "sgd-sweep": [f"sgdm@{lr}" for lr in SWEEP_LRS_SGD],

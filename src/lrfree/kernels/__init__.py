@@ -12,7 +12,8 @@ Supported, everything else takes the eager step unchanged (same result as withou
 ``fused``):
 
 - ``PSDASGD`` and ``PSSPS`` themselves (not subclasses), ``scaling="adam"`` (the built-in
-  :class:`~lrfree.scaling.Scaling`), ``alpha_norm="initial"``, ``average=False``;
+  :class:`~lrfree.scaling.Scaling`), ``alpha_norm="initial"``, ``average=False``,
+  ``schedule_free=False``;
 - every parameter, gradient and state tensor a contiguous CPU tensor, all float32 or all
   float64 (bf16/fp16 parameters, mixed dtypes, channels-last or strided gradients fall back);
 - no sharding (``process_group`` / DTensor parameters fall back);
@@ -119,7 +120,8 @@ def plan(opt: LRFreeOptimizer, buckets: list[Bucket]) -> dict[str, list[Tensor]]
     if type(opt) not in (PSDASGD, PSSPS) or opt._shard_group is not None:
         return None
     if type(opt._scaling) is not Scaling or opt._scaling.name != "adam" or \
-            group0["alpha_norm"] != "initial" or group0["average"]:
+            group0["alpha_norm"] != "initial" or group0["average"] or \
+            group0.get("schedule_free"):
         return None
     est = group0.get("estimate")
     if est is None or "alpha_norm" not in est:  # the first step

@@ -104,6 +104,8 @@ def static_reason(opt: Any, check_params: bool = False) -> str | None:
         return f"scaling={group0['scaling']!r} (the kernel implements 'adam')"
     if group0["alpha_norm"] != "initial":
         return f"alpha_norm={group0['alpha_norm']!r} (the kernel implements 'initial')"
+    if group0.get("schedule_free"):
+        return "schedule_free=True (the kernel implements the momentum step)"
     if opt._shard_group is not None:
         return "sharded parameters (process_group= or DTensor parameters)"
     if check_params:

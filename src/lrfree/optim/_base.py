@@ -600,7 +600,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
         return p.shape
 
     def _initial_state(self, name: str, p: Tensor, dtype: torch.dtype) -> Tensor:
-        if name == "x_avg":  # the average of a parameter that has not moved yet
+        if name in ("x_avg", "z"):  # the average, or schedule-free z: starts at x
             return p.detach().to(dtype, copy=True)
         return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 

@@ -35,7 +35,7 @@ def advance_moments(buckets: list[Bucket], scaling: Scaling) -> None:
         if group["weight_decay"] != 0 and not group["decouple"]:
             b.grads = torch._foreach_add(b.grads, _like(b.params, b.grads), alpha=group["weight_decay"])
         beta1, beta2 = group["betas"]
-        if beta1 > 0:
+        if beta1 > 0 and "m" in b.states:  # schedule-free: beta1 interpolates, no momentum
             torch._foreach_lerp_(b.states["m"], b.grads, 1.0 - beta1)
         steps = b.states["step"]
         if scaling.name == "adam" and \
@@ -178,6 +178,69 @@ def apply_step(buckets: list[Bucket], lrs: list[Tensor]) -> None:
             torch._foreach_copy_(b.params, target)
 
 
+def apply_schedule_free_step(buckets: list[Bucket], lrs: list[Tensor], weight: Tensor) -> None:
+    """The schedule-free iteration (Defazio et al. 2024) in the scaled space, with ``lrs[i]``
+    bucket i's Adam-equivalent lr ``eta`` and ``weight`` this step's averaging weight ``c``.
+
+    The parameters hold ``y``; ``z`` is plain SGD in the scaled space (no momentum) and the
+    average ``x`` is never stored: ``y = (1 - beta1) z + beta1 x`` recovers it
+    (docs/algorithms.md §4h). With ``D = g / a + wd y`` (the decoupled decay taken at y):
+
+        z <- z - eta D
+        x <- (1 - c) x + c z
+        y <- (1 - beta1) z + beta1 x  =  lerp(y - eta (1 - beta1) D, z, c)
+
+    (the last form from the two above, so that the update needs no copy of y or x).
+    Bias correction and the factor of a are folded into the denominators (consumed).
+    """
+    for b, lr in zip(buckets, lrs):
+        group = b.group
+        lr = lr.to(b.params[0].device)
+        beta1 = group["betas"][0]
+        dtype = b.grads[0].dtype
+        scale = lr.to(dtype)
+        if b.factors is not None:
+            scale = scale / b.factors.to(dtype)
+        if scale.dim() == 0:
+            scale = scale.expand(len(b.params))
+        scale = list(scale.unbind())
+        low = b.params[0].dtype in (torch.float16, torch.bfloat16)
+        target = [p.float() for p in b.params] if low else b.params
+        z = _like(b.states["z"], target)
+        decay = group["weight_decay"] if group["decouple"] else 0.0
+        if decay != 0:  # z -= eta wd y, with y before this step
+            torch._foreach_addcmul_(z, target, [(-decay * lr).to(z[0].dtype)] * len(z))
+        if b.denoms is None:
+            torch._foreach_addcmul_(z, _like(b.grads, z), _like(scale, z), value=-1.0)
+        else:
+            torch._foreach_div_(b.denoms, scale)
+            torch._foreach_addcdiv_(z, _like(b.grads, z), _like(b.denoms, z), value=-1.0)
+        if decay != 0:
+            torch._foreach_mul_(target, (1.0 - (1.0 - beta1) * decay * lr).to(target[0].dtype))
+        if b.denoms is None:
+            torch._foreach_addcmul_(target, _like(b.grads, target), _like(scale, target),
+                                    value=-(1.0 - beta1))
+        else:
+            torch._foreach_addcdiv_(target, _like(b.grads, target), _like(b.denoms, target),
+                                    value=-(1.0 - beta1))
+        diff = torch._foreach_sub(z, target)  # y <- y + c (z - y)
+        torch._foreach_mul_(diff, weight.to(diff[0].dtype))
+        torch._foreach_add_(target, diff)
+        if low:
+            torch._foreach_copy_(b.params, target)
+
+
+def schedule_free_weight(est: dict[str, Tensor], lr: Tensor) -> Tensor:
+    """c_k = w_k / sum of w, w_k = (the largest Adam-equivalent lr so far)^2 (schedule-free
+    AdamW's weighting); 0 before the first step that moves (lr 0)."""
+    peak = torch.maximum(est["sf_lr_max"], lr) if "sf_lr_max" in est else lr
+    w = peak * peak
+    total_w = est["sf_weight_sum"] + w if "sf_weight_sum" in est else w
+    est["sf_lr_max"], est["sf_weight_sum"] = peak, total_w
+    positive = total_w > 0
+    return torch.where(positive, w / torch.where(positive, total_w, ~positive), positive)
+
+
 def _like(tensors: list[Tensor], reference: list[Tensor]) -> list[Tensor]:
     """``tensors`` cast to the dtypes of ``reference`` (low-precision params, float32 state)."""
     if tensors[0].dtype == reference[0].dtype:
@@ -196,8 +259,11 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
     _rule_state: tuple[str, ...] = ()
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        group0 = self.param_groups[0]
+        if group0.get("schedule_free"):  # z replaces the momentum (beta1 > 0 is required)
+            return ("z", *self._scaling.state_names, *self._rule_state)
         momentum = ("m",) if group["betas"][0] > 0 else ()
-        average = ("x_avg",) if self.param_groups[0]["average"] else ()
+        average = ("x_avg",) if group0["average"] else ()
         return (*momentum, *self._scaling.state_names, *self._rule_state, *average)
 
     def _state_shape(self, name: str, p: Tensor) -> torch.Size:
@@ -248,7 +314,11 @@ class ScaledSpaceOptimizer(LRFreeOptimizer):
             lrs.append((lr, value))
             return value
 
-        apply_step(buckets, [effective(b.group["lr"]) for b in buckets])
+        if group0.get("schedule_free"):
+            weight = schedule_free_weight(est, effective(max(g["lr"] for g in self.param_groups)))
+            apply_schedule_free_step(buckets, [effective(b.group["lr"]) for b in buckets], weight)
+        else:
+            apply_step(buckets, [effective(b.group["lr"]) for b in buckets])
         if group0["average"]:
             averaging.update(est, [b.params for b in buckets],
                              [b.states["x_avg"] for b in buckets], average_scale,

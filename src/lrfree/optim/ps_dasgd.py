@@ -83,6 +83,16 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             average into the model for evaluation and export, ``opt.train()`` puts the
             training weights back; ``with opt.averaged(): ...`` does both.
         average_power: p of the averaging weights (default 8).
+        schedule_free: take the schedule-free iteration (Defazio et al. 2024) in the
+            scaled space instead of the momentum step: ``z`` takes plain SGD steps of
+            ``effective_lr * g / a`` (no momentum), ``x`` is their running average (weights:
+            the largest effective lr so far, squared) and the gradient is taken at
+            ``y = (1 - beta1) z + beta1 x``, which the parameters hold while training. The
+            estimate is unchanged. No schedule is needed: leave ``lr`` constant.
+            ``opt.eval()`` puts the average x into the model (evaluate and export it),
+            ``opt.train()`` puts y back; the same 3 state tensors (z replaces m). Needs
+            ``beta1 > 0``; not with ``average=True``; the fused kernels take the momentum
+            step only (docs/algorithms.md §4h).
         foreach: multi-tensor kernels (default: where available) or one tensor at a time.
         fused: the one-pass Triton step on CUDA (:mod:`lrfree.kernels.triton_step`). None
             (default): used where supported (CUDA, triton installed, ``scaling="adam"``,
@@ -125,7 +135,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
                  d0: float | None = None,
                  d_coef: float = 1.0, growth_rate: float = DEFAULT_GROWTH_RATE,
                  average: bool = False, average_power: float = 8.0,
-                 d0_lr: float | None = None, *, warmup: str = "none",
+                 d0_lr: float | None = None, *, schedule_free: bool = False,
+                 warmup: str = "none",
                  warmup_growth: float = float("inf"),
                  foreach: bool | None = None, nonfinite: str = "skip",
                  state_dtype: str = "float32", process_group: Any = None,
@@ -137,6 +148,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
         check_warmup(warmup, warmup_growth, fused)
         check_choice("average", average, (True, False))
+        check_schedule_free(schedule_free, average, betas, fused)
         check_positive("average_power", average_power, allow_zero=True)
         scaling = get_scaling(scaling)
         if scaling.name in ("adam", "amsgrad", "rmsprop", "adafactor") and eps == 0:
@@ -146,7 +158,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
                         decouple=bool(decouple), scaling=scaling.name, alpha_norm=alpha_norm,
                         d0=d0, d_coef=d_coef, growth_rate=growth_rate, average=average,
                         average_power=average_power, d0_lr=d0_lr, d=d0, d_hat=0.0,
-                        warmup=warmup, warmup_growth=warmup_growth)
+                        warmup=warmup, warmup_growth=warmup_growth,
+                        schedule_free=schedule_free)
         super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite,
                          state_dtype=state_dtype, process_group=process_group)
         # The group keeps the name (state_dict stays plain data); the object may be a
@@ -260,6 +273,24 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         # no non-zero gradient yet: no step (as base_step does with G0 = 0), not d / 0
         return torch.where(corrected > 0, est["d"] / torch.sqrt(corrected),
                            torch.zeros_like(corrected))
+
+
+def check_schedule_free(schedule_free: bool, average: bool, betas: tuple[float, float],
+                        fused: bool | None) -> None:
+    check_choice("schedule_free", schedule_free, (True, False))
+    if not schedule_free:
+        return
+    if average:
+        raise ValueError("schedule_free=True and average=True both keep an average of the "
+                         "iterates: use one (schedule_free=True evaluates at its own average "
+                         "after opt.eval())")
+    if betas[0] == 0:
+        raise ValueError("schedule_free=True needs betas[0] > 0: beta1 is the interpolation "
+                         "y = (1 - beta1) z + beta1 x (default 0.9); with 0 the average "
+                         "cannot be recovered for opt.eval()")
+    if fused:
+        raise ValueError("fused=True is not supported with schedule_free=True (the fused "
+                         "kernels take the momentum step); use fused=None or fused=False")
 
 
 def check_warmup(warmup: str, warmup_growth: float, fused: bool | None) -> None:

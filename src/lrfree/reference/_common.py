@@ -71,17 +71,19 @@ def mean_over_live(a: dict, grads: dict, items) -> float:
 
 
 def scaled_space_inputs(optimizer: torch.optim.Optimizer, items: list, scaling: str,
-                        rule_state: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
+                        rule_state: tuple[str, ...] = (), momentum: bool = True
+                        ) -> tuple[dict, dict, dict]:
     """Per parameter: count its step, add coupled decay, update m and v.
 
-    Returns (a_k, g_k, m_hat_k) keyed by parameter (spec section 2).
+    Returns (a_k, g_k, m_hat_k) keyed by parameter (spec section 2); ``momentum=False``
+    (schedule-free) keeps no m and returns g_k as the direction.
     """
     a, grads, direction = {}, {}, {}
     for group, p in items:
         beta1, beta2 = group["betas"]
         state = optimizer.state[p]
         # adafactor creates its own statistics (their shapes depend on the parameter's)
-        names = ("m",) * (beta1 > 0) + {"none": (), "amsgrad": ("v", "v_max"),
+        names = ("m",) * (beta1 > 0 and momentum) + {"none": (), "amsgrad": ("v", "v_max"),
                                         "adafactor": ()}.get(
             scaling, ("v",)) + rule_state
         init_state(state, p, names)
@@ -90,7 +92,7 @@ def scaled_space_inputs(optimizer: torch.optim.Optimizer, items: list, scaling: 
         if group["weight_decay"] and not group["decouple"]:
             g = g + group["weight_decay"] * p
         grads[p] = g
-        direction[p] = momentum_direction(state, g, state["step"], beta1)
+        direction[p] = momentum_direction(state, g, state["step"], beta1 if momentum else 0.0)
         a[p] = alpha_denominator(state, g, state["step"], scaling, beta2, group["eps"])
     return a, grads, direction
 

@@ -14,7 +14,8 @@ class PSDASGDReference(torch.optim.Optimizer):
 
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decouple=True, scaling="adam", alpha_norm="initial", d0=None, d_coef=1.0,
-                 growth_rate=1.5, d0_lr=None, warmup="none", warmup_growth=math.inf):
+                 growth_rate=1.5, d0_lr=None, warmup="none", warmup_growth=math.inf,
+                 schedule_free=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple))
         if d0 is None:  # the default start: the first effective lr is d0_lr (1e-4)
@@ -22,6 +23,7 @@ class PSDASGDReference(torch.optim.Optimizer):
         self.scaling, self.alpha_norm = scaling, alpha_norm
         self.d_coef, self.growth_rate, self.d0_lr = d_coef, growth_rate, d0_lr
         self.warmup, self.warmup_growth = warmup, warmup_growth
+        self.schedule_free = schedule_free
         self.scalars = dict(d=d0, d_hat=0.0, r=0.0, N0=None, G0=0.0, k=0, u=0.0, warming=1.0)
 
     @torch.no_grad()
@@ -31,7 +33,8 @@ class PSDASGDReference(torch.optim.Optimizer):
         if not items:
             return loss
         sc["k"] += 1
-        a, grads, direction = scaled_space_inputs(self, items, self.scaling, ("s",))
+        a, grads, direction = scaled_space_inputs(self, items, self.scaling, ("s",),
+                                                  momentum=not self.schedule_free)
         # N: mean of a over the elements with a non-zero gradient, frozen at the first step.
         n = normaliser(sc, a, grads, items, self.scaling, self.alpha_norm)
         g_scaled = dict(grads)
@@ -82,6 +85,11 @@ class PSDASGDReference(torch.optim.Optimizer):
             if polyak <= d_next:
                 sc["warming"] = 0.0
 
+        if self.schedule_free:
+            self._schedule_free_step(items, lam, n, a, direction)
+            sc["effective_lr"] = lam * n
+            sc["d"] = d_next
+            return loss
         for group, p in items:  # x <- x - lam_g N m_hat / a (decoupled decay first)
             lr = lam * group["lr"] * n
             if group["weight_decay"] and group["decouple"]:
@@ -91,3 +99,36 @@ class PSDASGDReference(torch.optim.Optimizer):
         sc["effective_lr"] = lam * n
         sc["d"] = d_next
         return loss
+
+    def _schedule_free_step(self, items, lam, n, a, direction):
+        """Spec section 4h, with x stored: z <- z - eta D (D = g / a + wd y), x <- x + c (z - x),
+        y <- (1 - beta1) z + beta1 x; c = w_k / sum w, w_k = (largest lam gamma N so far)^2."""
+        sc = self.scalars
+        peak = max(sc.get("sf_peak", 0.0), lam * n * max(g["lr"] for g in self.param_groups))
+        sc["sf_peak"] = peak
+        sc["sf_total"] = sc.get("sf_total", 0.0) + peak * peak
+        c = peak * peak / sc["sf_total"] if sc["sf_total"] > 0 else 0.0
+        for group, p in items:
+            state = self.state[p]
+            if "z" not in state:
+                state["z"], state["x"] = p.detach().clone(), p.detach().clone()
+            step = direction[p] if a[p] is None else direction[p] / a[p]
+            if group["weight_decay"] and group["decouple"]:
+                step = step + group["weight_decay"] * p
+            state["z"] = state["z"] - lam * group["lr"] * n * step
+            state["x"] = state["x"] + c * (state["z"] - state["x"])
+            beta1 = group["betas"][0]
+            p.copy_((1 - beta1) * state["z"] + beta1 * state["x"])
+
+    def eval(self):
+        """The parameters hold x (schedule-free's average) until train()."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "x" in self.state[p]:
+                    p.data, self.state[p]["y"] = self.state[p]["x"].clone(), p.data
+
+    def train(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "y" in self.state[p]:
+                    p.data = self.state[p].pop("y")

@@ -1,0 +1,161 @@
+"""PSDASGD(schedule_free=True) (docs/algorithms.md §4h): the average x that eval() recovers
+against the reference that stores it, the two design requirements, eval/train semantics,
+resume, the errors, and the constant-lr noisy problem it exists for. (The step itself is
+checked against the reference in test_reference_agreement; the contract batteries, meta,
+CUDA and distributed tests run it through option_matrix, test_torch_contract and
+dist_worker.)"""
+import io
+
+import pytest
+import torch
+
+import lrfree
+from lrfree.reference import PSDASGDReference
+from problems import TinyNet, batches, flat, param_groups, train
+from test_reductions_and_invariance import ScaledAlpha, two_block_problem
+
+SF = dict(schedule_free=True)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("options", [SF, dict(SF, weight_decay=0.1, betas=(0.95, 0.99))],
+                         ids=["defaults", "decay,beta1=0.95"])
+def test_eval_puts_the_references_average(options):
+    """eval() recovers x = (y - (1 - beta1) z) / beta1; the reference stores x itself."""
+    net, opt = train(lambda g: lrfree.PSDASGD(g, **options), 25)
+    ref_net, ref = train(lambda g: PSDASGDReference(g, **options), 25)
+    assert rel(flat(net), flat(ref_net)) < 1e-10  # y
+    opt.eval()
+    ref.eval()
+    assert rel(flat(net), flat(ref_net)) < 1e-10  # x
+    assert rel(flat(net), flat(train(lambda g: lrfree.PSDASGD(g, **options), 25)[0])) > 1e-4
+
+
+def test_eval_train_round_trip_and_idempotence():
+    net, opt = train(lambda g: lrfree.PSDASGD(g, **SF), 20)
+    y = flat(net).clone()
+    opt.eval()
+    x = flat(net).clone()
+    opt.eval()
+    assert torch.equal(flat(net), x) and rel(x, y) > 1e-4
+    opt.train()
+    opt.train()
+    assert rel(flat(net), y) < 1e-14  # a lerp there and back: float rounding, not bitwise
+    with opt.averaged():
+        assert rel(flat(net), x) < 1e-14
+    with pytest.raises(RuntimeError, match=r"opt\.train\(\)"):
+        opt.eval()
+        opt.step()
+
+
+def test_eval_before_any_step_leaves_the_parameters():
+    net = TinyNet()
+    before = flat(net).clone()
+    opt = lrfree.PSDASGD(param_groups(net), **SF)
+    opt.eval()
+    assert torch.equal(flat(net), before)
+    opt.train()
+    assert torch.equal(flat(net), before)
+
+
+@pytest.mark.parametrize("c", [1e-3, 1e3])
+def test_requirement1_alpha_times_constant(c):
+    """Multiplying alpha by a constant changes neither y nor the average x."""
+    def run(scaling):
+        net, opt = train(lambda g: lrfree.PSDASGD(g, scaling=scaling, **SF), 40)
+        y = flat(net).clone()
+        opt.eval()
+        return y, flat(net)
+
+    (y, x), (y_c, x_c) = run("adam"), run(ScaledAlpha(c))
+    assert rel(y_c, y) < 1e-10 and rel(x_c, x) < 1e-10
+
+
+def test_requirement2_other_parameters_keep_training():
+    """As test_reductions_and_invariance's test, without a schedule: block A converges,
+    block B's effective lr never falls and B's average reaches its optimum."""
+    a, b, b_star, loss = two_block_problem()
+    a_start = float(a.abs().max())
+    opt = lrfree.PSDASGD([a, b], **SF)
+    lrs = []
+    for _ in range(2000):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        lrs.append(float(opt.param_groups[0]["effective_lr"]))
+    assert all(later >= earlier * (1 - 1e-9) for earlier, later in zip(lrs[:-1], lrs[1:]))
+    opt.eval()
+    assert float(a.abs().max()) < 1e-3 * a_start, "block A converged"
+    assert float((b - b_star).norm() / b_star.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_resume_saved_in_either_mode(mode):
+    make = lambda g: lrfree.PSDASGD(g, **SF)  # noqa: E731
+    straight, opt_straight = train(make, 20)
+    expected = flat(straight).clone()
+    net, opt = train(make, 8)
+    if mode == "eval":
+        opt.eval()
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    net2 = TinyNet()
+    net2.load_state_dict(saved["model"])
+    opt2 = make(param_groups(net2))
+    opt2.load_state_dict(saved["opt"])
+    opt2.train()
+    x, y = batches()
+    for step in range(8, 20):
+        idx = torch.arange(step * 16, step * 16 + 16) % len(x)
+        opt2.zero_grad()
+        torch.nn.functional.cross_entropy(net2(x[idx], step), y[idx]).backward()
+        opt2.step()
+    if mode == "train":
+        assert torch.equal(flat(net2), expected)
+    else:  # saved as x, back to y by a lerp: float rounding
+        assert rel(flat(net2), expected) < 1e-12
+
+
+def test_errors_name_the_fix():
+    w = [torch.nn.Parameter(torch.ones(3))]
+    with pytest.raises(ValueError, match="average=True"):
+        lrfree.PSDASGD(w, schedule_free=True, average=True)
+    with pytest.raises(ValueError, match=r"betas\[0\] > 0"):
+        lrfree.PSDASGD(w, schedule_free=True, betas=(0.0, 0.999))
+    with pytest.raises(ValueError, match="fused=None"):
+        lrfree.PSDASGD(w, schedule_free=True, fused=True)
+    with pytest.raises(ValueError, match="schedule_free"):
+        lrfree.PSDASGD(w, schedule_free="yes")
+
+
+def noisy_least_squares(seed, make, steps=3000):
+    """benchmarks/noisy_least_squares.py's problem: 200 x 50, batch 16, lr never scheduled."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(200, 50, dtype=torch.float64, generator=g)
+    b = a @ torch.randn(50, dtype=torch.float64, generator=g) + \
+        torch.randn(200, dtype=torch.float64, generator=g)
+    x_ls = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
+    draw = torch.Generator().manual_seed(1000 + seed)
+    x = torch.nn.Parameter(torch.zeros(50, dtype=torch.float64))
+    opt = make([x])
+    for _ in range(steps):
+        rows = torch.randint(0, 200, (16,), generator=draw)
+        opt.zero_grad()
+        (0.5 * ((a[rows] @ x - b[rows]) ** 2).mean()).backward()
+        opt.step()
+    opt.eval()
+    return float((x.detach() - x_ls).norm() / x_ls.norm())
+
+
+def test_constant_lr_noisy_least_squares_converges():
+    """Issue 17's third target (relative distance <= 0.1 at a constant lr). Measured
+    (benchmarks/results/noisy_least_squares.md, 3 seeds): schedule-free 0.011-0.015, the
+    momentum step 0.58 +- 0.17. Bounds: the issue's 0.1 for schedule-free, and the control
+    (the momentum step, same problem and seed) beyond 0.3, so the test can fail."""
+    assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p, **SF)) < 0.1
+    assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p)) > 0.3
