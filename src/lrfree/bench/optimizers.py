@@ -270,6 +270,12 @@ _FIXED: dict[str, OptimizerSpec] = {
               ("psdasgd-growth1.25", "PSDASGD", {"growth_rate": 1.25}),
               ("psdasgd-growthinf", "PSDASGD", {"growth_rate": math.inf}),  # the published rule
           ]],
+        # the schedule-free iteration (docs/algorithms.md §4h) under the task's cosine
+        # schedule, and evaluated at y (what a loop without opt.eval() gets)
+        OptimizerSpec("psdasgd-sf-cosine", "ablation", _ours("PSDASGD", schedule_free=True),
+                      _group_effective_lr, pass_loss=True, train_eval=True),
+        OptimizerSpec("psdasgd-sf-at-y", "ablation", _ours("PSDASGD", schedule_free=True),
+                      _group_effective_lr, scheduled=False, pass_loss=True),
         *[OptimizerSpec(f"adamw-wd0.1@{lr}", "ablation", _adamw(float(lr), 0.1), _group_lr,
                         lr=float(lr)) for lr in SWEEP_LRS_ADAM],
     ]
