@@ -295,8 +295,8 @@ PRESETS["all"] = [n for key in list(PRESETS) for n in PRESETS[key]]
 PRESETS["wd0.1"] = ["psdasgd-wd0.1", *[f"adamw-wd0.1@{lr}" for lr in SWEEP_LRS_ADAM]]
 PRESETS["ablations"] = [name for name, spec in _FIXED.items() if spec.family == "ablation"]
 # What a run gets when it names tasks but no optimizers: ours, the Adam sweep, two peers.
-PRESETS["default"] = ["psdasgd", "psdasgd-avg", "pssps", *PRESETS["adam-sweep"], "prodigy",
-                      "sf-adamw"]
+PRESETS["default"] = ["psdasgd", "psdasgd-avg", "psdasgd-sf", "pssps", *PRESETS["adam-sweep"],
+                      "prodigy", "sf-adamw"]
 
 
 def get_spec(name: str) -> OptimizerSpec:
