@@ -37,8 +37,8 @@ from lrfree.bench.tasks import TASKS, is_user_task
 QUICK_PLAN: dict[str, list[str]] = {
     "logreg": ["ours", "adam-sweep", "adam@3e-2", "adam@1e-1", "adam-avg@3e-2", "sgd-sweep",
                "sgdm@3e-1", "sgdm@1", "peers"],
-    "vgg": ["psdasgd", "psdasgd-avg", "pssps", "adam@3e-4", "adam@1e-3", "adam@3e-3",
-            "prodigy", "sf-adamw"],
+    "vgg": ["psdasgd", "psdasgd-avg", "psdasgd-sf", "pssps", "adam@3e-4", "adam@1e-3",
+            "adam@3e-3", "prodigy", "sf-adamw"],
 }
 # One torch thread unless --threads says otherwise: the suite's models are small, and on a
 # machine whose other cores are busy, OpenMP threads spin-wait for each other. The

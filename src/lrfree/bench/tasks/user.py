@@ -26,7 +26,7 @@ from lrfree.bench.tasks.base import Budget, OptimizerFactory, TrainLog
 
 # What a user task runs unless --optimizers says otherwise: ours, the LR-free peers, and
 # a three-point Adam sweep that the grid-edge rule extends until its best lr is inside.
-USER_PLAN = ["psdasgd", "pssps", "adam@3e-4", "adam@1e-3", "adam@3e-3", "peers"]
+USER_PLAN = ["psdasgd", "psdasgd-sf", "pssps", "adam@3e-4", "adam@1e-3", "adam@3e-3", "peers"]
 
 
 @dataclass
