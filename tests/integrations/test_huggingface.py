@@ -197,3 +197,42 @@ def test_adamw_is_untouched_and_logs_its_lr(tmp_path):
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert [h["effective_lr"] for h in logged] == [1e-3, 1e-3]
+
+
+def test_schedule_free_evaluates_at_the_average_and_trains_at_y(tmp_path):
+    """PSDASGD(schedule_free=True) under Trainer with a constant schedule: Trainer calls
+    optimizer.train() at each training step and optimizer.eval() before evaluating, so
+    training equals the hand loop and trainer.evaluate() sees the average x, then the
+    training point y is back for the next step (docs/integrations.md)."""
+    steps = 5
+    model = TinyClassifier()
+    twin = copy.deepcopy(model)
+    opt = lrfree.PSDASGD(model.parameters(), schedule_free=True)
+    constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    trainer, _, _ = train(Trainer, model, opt, constant, tmp_path, steps, 1)
+    twin_opt = lrfree.PSDASGD(twin.parameters(), schedule_free=True)
+    hand_loop(twin, twin_opt, torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0),
+              trainer.seen, 1, pass_loss=False)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    seen_at_eval: list[torch.Tensor] = []
+    trainer.eval_dataset = Points(8)
+    original = model.forward
+
+    def forward(x, labels):
+        seen_at_eval.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        return original(x, labels)
+
+    model.forward = forward
+    trainer.evaluate()
+    model.forward = original
+    twin_opt.eval()
+    average = torch.cat([p.detach().reshape(-1) for p in twin.parameters()])
+    twin_opt.train()
+    y = torch.cat([p.detach().reshape(-1) for p in twin.parameters()])
+    assert float((average - y).abs().max()) > 1e-5, "x and y must differ to be a test"
+    assert seen_at_eval and all(torch.allclose(s, average, rtol=0, atol=1e-7)
+                                for s in seen_at_eval)
+    trainer.optimizer.train()  # what Trainer does before its next training step
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-7)
