@@ -159,3 +159,25 @@ def test_constant_lr_noisy_least_squares_converges():
     (the momentum step, same problem and seed) beyond 0.3, so the test can fail."""
     assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p, **SF)) < 0.1
     assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p)) > 0.3
+
+
+def test_a_scheduled_multiplier_matches_the_reference():
+    """The weights use the largest lr so far (schedule-free AdamW's lr_max): under a
+    decaying multiplier the library and the reference (which stores x) agree, y and x."""
+    def run(make):
+        seen = []
+
+        def decay(step, net, opt):
+            for group, base in zip(opt.param_groups, (1.0, 0.5)):
+                group["lr"] = base / (2 + step)
+
+        net, opt = train(make, 12, on_step=decay)
+        y = flat(net).clone()
+        opt.eval()
+        return y, flat(net)
+
+    (y, x), (y_ref, x_ref) = run(lambda g: lrfree.PSDASGD(g, **SF)), \
+        run(lambda g: PSDASGDReference(g, **SF))
+    assert rel(y, y_ref) < 1e-10 and rel(x, x_ref) < 1e-10
+    constant = train(lambda g: lrfree.PSDASGD(g, **SF), 12)[0]
+    assert rel(flat(constant), y) > 1e-3  # the schedule changed the run

@@ -76,6 +76,7 @@ CASES = [
     ("PSDASGD", {"weight_decay": 0.1, "decouple": False}),
     ("PSDASGD", {"d_coef": 0.3, "growth_rate": 1.05}),
     ("PSDASGD", {"average": True}),
+    ("PSDASGD", {"schedule_free": True, "weight_decay": 0.1}),
     ("PSSPS", {}),
     ("PSSPS", {"scaling": "amsgrad"}),
     ("PSSPS", {"alpha_norm": "running"}),
@@ -154,6 +155,8 @@ def test_sync_counter_counts():
 def test_host_syncs_per_step(name, foreach, nonfinite, expected):
     net = MixedNet()
     options = {"average": True} if name in ("PSDASGD", "PSSPS") else {}
+    if name == "PSDASGD" and not foreach:
+        options = {"schedule_free": True}
     opt = getattr(lrfree, name)(groups(net), nonfinite=nonfinite, foreach=foreach, **options)
     assert_host_syncs_per_step(net, opt, 3, expected)
 
@@ -186,6 +189,7 @@ def compiled_step(opt):
 
 @pytest.mark.parametrize("name,options", [
     ("PSDASGD", {"scaling": "amsgrad", "average": True, "weight_decay": 0.1}),
+    ("PSDASGD", {"schedule_free": True, "weight_decay": 0.1}),
     ("PSSPS", {"alpha_norm": "running"}), ("PSDoG", {}), ("DAdaptSGD", {"momentum": 0.9}),
 ])
 def test_compiled_step_has_no_graph_break(name, options):
@@ -230,7 +234,8 @@ def test_explain_reports_the_sync_as_the_only_break():
 
 STATE_SIZES = [
     ("PSDASGD", {}, 3), ("PSDASGD", {"scaling": "amsgrad"}, 4), ("PSDASGD", {"average": True}, 4),
-    ("PSDASGD", {"betas": (0.0, 0.999)}, 2), ("PSSPS", {}, 2), ("PSSPS", {"scaling": "amsgrad"}, 3),
+    ("PSDASGD", {"betas": (0.0, 0.999)}, 2), ("PSDASGD", {"schedule_free": True}, 3),
+    ("PSSPS", {}, 2), ("PSSPS", {"scaling": "amsgrad"}, 3),
     ("PSSPS", {"average": True}, 3), ("SPS", {}, 0), ("PSDoG", {}, 3),
     ("DAdaptSGD", {}, 2),
 ]

@@ -233,7 +233,9 @@ def apply_schedule_free_step(buckets: list[Bucket], lrs: list[Tensor], weight: T
 def schedule_free_weight(est: dict[str, Tensor], lr: Tensor) -> Tensor:
     """c_k = w_k / sum of w, w_k = (the largest Adam-equivalent lr so far)^2 (schedule-free
     AdamW's weighting); 0 before the first step that moves (lr 0)."""
-    peak = torch.maximum(est["sf_lr_max"], lr) if "sf_lr_max" in est else lr
+    # a new tensor also at the first step: stored as the step's lr itself, the two would
+    # alias, and a graph compiled on that step's outputs reads one for the other later
+    peak = torch.maximum(est["sf_lr_max"], lr) if "sf_lr_max" in est else lr.clone()
     w = peak * peak
     total_w = est["sf_weight_sum"] + w if "sf_weight_sum" in est else w
     est["sf_lr_max"], est["sf_weight_sum"] = peak, total_w
