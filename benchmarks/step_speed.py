@@ -84,6 +84,8 @@ def optimizer_factories(fused: bool = True, cpp: bool = True
         "PSDASGD (foreach)": lambda p: lrfree.PSDASGD(p),
         "PSDASGD (per-tensor)": lambda p: lrfree.PSDASGD(p, foreach=False),
         "PSDASGD (fused)": lambda p: lrfree.fused(lrfree.PSDASGD(p)),
+        # the schedule-free iteration (docs/algorithms.md §4h): eager on every device
+        "PSDASGD schedule-free (foreach)": lambda p: lrfree.PSDASGD(p, schedule_free=True),
         "PSSPS (foreach)": lambda p: lrfree.PSSPS(p),
         "PSSPS (per-tensor)": lambda p: lrfree.PSSPS(p, foreach=False),
         "PSSPS (fused)": lambda p: lrfree.fused(lrfree.PSSPS(p)),
