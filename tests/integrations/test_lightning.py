@@ -189,3 +189,49 @@ def test_monitor_logs_the_estimate_of_every_step():
     assert logged == estimates and len(logged) == 3
     last_d = [m["lrfree/d"] for _, m in logger.rows if "lrfree/d" in m][-1]
     assert last_d == float(module.opt.param_groups[0]["d"])
+
+
+def test_evaluate_at_average_validates_at_x_and_trains_at_y():
+    """EvaluateAtAverage with PSDASGD(schedule_free=True): training equals the hand loop
+    (at y), validation sees the average x, and fit ends with x in the model."""
+    from lrfree.integrations.lightning import EvaluateAtAverage
+
+    seen: list[torch.Tensor] = []
+
+    class Validated(Module):
+        def validation_step(self, batch, batch_idx):
+            seen.append(torch.cat([p.detach().reshape(-1) for p in self.parameters()]))
+
+    make = lambda params: lrfree.PSDASGD(params, schedule_free=True)  # noqa: E731
+    module = Validated(make)
+    twin = copy.deepcopy(module)
+    trainer = L.Trainer(
+        max_steps=6, accelerator="cpu", devices=1, logger=False, val_check_interval=3,
+        num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[EvaluateAtAverage()])
+    loader = torch.utils.data.DataLoader(data(), batch_size=4, shuffle=False)
+    trainer.fit(module, loader, val_dataloaders=torch.utils.data.DataLoader(data(8), batch_size=8))
+    twin_opt = make(twin.parameters())
+    batches = list(torch.utils.data.DataLoader(data(), batch_size=4, shuffle=False))
+    averages, gaps = [], []
+    for done in (0, 3):  # validation after steps 3 and 6
+        for x, y in batches[done:done + 3]:
+            twin_opt.zero_grad()
+            F.cross_entropy(twin.net(x), y).backward()
+            twin_opt.step()
+        y_point = torch.cat([p.detach().reshape(-1) for p in twin.parameters()])
+        twin_opt.eval()
+        averages.append(torch.cat([p.detach().reshape(-1) for p in twin.parameters()]))
+        gaps.append(float((averages[-1] - y_point).abs().max()))
+        twin_opt.train()
+    assert min(gaps) > 1e-5, "x and y must differ for the test to be able to fail"
+    assert len(seen) == 2
+    for got, want in zip(seen, averages):
+        assert torch.allclose(got, want, rtol=0, atol=1e-7)
+    twin_opt.eval()
+    assert_same_parameters_close(module, twin)
+
+
+def assert_same_parameters_close(a: nn.Module, b: nn.Module) -> None:
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-7)

@@ -18,7 +18,9 @@ Two cases need :class:`AccumulatedLoss`:
                         callbacks=[AccumulatedLoss(), EstimatedLRMonitor()])
 
 :class:`EstimatedLRMonitor` logs the estimate (``effective_lr``, ``d`` or ``polyak_step``,
-...) through ``LightningModule.log``, so every logger receives it.
+...) through ``LightningModule.log``, so every logger receives it. :class:`EvaluateAtAverage`
+validates, tests and checkpoints ``PSDASGD(schedule_free=True)`` (or ``average=True``) at its
+averaged weights.
 """
 from __future__ import annotations
 
@@ -91,3 +93,44 @@ class EstimatedLRMonitor(Callback):
             for key, value in learning_rate_scalars(optimizer).items():
                 values[f"{self.prefix}{key}{suffix}"] = value
         pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
+
+
+class EvaluateAtAverage(Callback):
+    """Validation, testing, prediction and checkpoints at the averaged weights of
+    ``PSDASGD(schedule_free=True)`` or ``average=True``; training at the training point.
+
+    Calls ``optimizer.eval()`` when validation, testing or prediction starts and when a
+    checkpoint is saved, and ``optimizer.train()`` when they end and when a training batch
+    starts (both are idempotent, so the order of Lightning's hooks does not matter). The
+    model is left at the average when ``fit`` ends, for export. Optimizers without
+    ``eval``/``train`` (torch's own) are left alone.
+    """
+
+    @staticmethod
+    def _each(trainer: Any, method: str) -> None:
+        for optimizer in trainer.optimizers:
+            switch = getattr(optimizer, method, None)
+            if callable(switch):
+                switch()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        self._each(trainer, "train")
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._each(trainer, "eval")
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._each(trainer, "train")
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._each(trainer, "eval")
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._each(trainer, "eval")
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
+        self._each(trainer, "eval")
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._each(trainer, "eval")
