@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from typing import Callable
 
 import torch
@@ -59,6 +60,29 @@ def train(make: Callable, steps: int, *, dtype=torch.float64, lrs=(1.0, 0.5), se
         if on_step is not None:
             on_step(step, net, opt)
     return net, opt
+
+
+def resume(net: nn.Module, opt, make: Callable, start: int, steps: int):
+    """Save ``net`` and ``opt`` (torch.save, loaded back with weights_only), rebuild both from
+    the checkpoint, put the optimizer in training mode and train on from step ``start`` to
+    ``steps`` as :func:`train` does. Returns the new (net, opt)."""
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    net2 = TinyNet()
+    net2.load_state_dict(saved["model"])
+    opt2 = make(param_groups(net2))
+    opt2.load_state_dict(saved["opt"])
+    opt2.train()
+    x, y = batches()
+    for step in range(start, steps):
+        idx = torch.arange(step * 16, step * 16 + 16) % len(x)
+        opt2.zero_grad()
+        loss = nn.functional.cross_entropy(net2(x[idx], step), y[idx])
+        loss.backward()
+        opt2.step(loss=loss)
+    return net2, opt2
 
 
 def flat(net: nn.Module) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """Iterate averaging (spec section 4b): the average against a slow reference, the paper's
 requirement 1 with averaging on, eval/train semantics, resume, and the noisy quadratic it
 exists for."""
-import io
 import math
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 import lrfree
 from lrfree import averaging
 from lrfree.reference import PSDASGDReference, PSSPSReference
-from problems import TinyNet, batches, flat, param_groups, train
+from problems import TinyNet, batches, flat, param_groups, resume, train
 from test_reductions_and_invariance import ScaledAlpha
 
 
@@ -157,21 +156,7 @@ def test_bitwise_resume_saved_in_either_mode(mode):
     net, opt = train(make, 8)
     if mode == "eval":
         opt.eval()
-    buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    net2 = TinyNet()
-    net2.load_state_dict(saved["model"])
-    opt2 = make(param_groups(net2))
-    opt2.load_state_dict(saved["opt"])
-    opt2.train()
-    x, y = batches()
-    for step in range(8, 20):
-        idx = torch.arange(step * 16, step * 16 + 16) % len(x)
-        opt2.zero_grad()
-        torch.nn.functional.cross_entropy(net2(x[idx], step), y[idx]).backward()
-        opt2.step()
+    net2, opt2 = resume(net, opt, make, 8, 20)
     opt2.eval()
     assert torch.equal(flat(net2), expected)
 

@@ -158,13 +158,7 @@ def apply_step(buckets: list[Bucket], lrs: list[Tensor]) -> None:
             if bias1 is None or bias1.dtype != dtype:
                 bias1 = 1.0 - beta1 ** torch.stack(b.states["step"]).to(dtype)
             scale = scale / bias1
-        if b.factors is not None:
-            scale = scale / b.factors.to(dtype)
-        if scale.dim() == 0:
-            scale = scale.expand(len(b.params))
-        scale = list(scale.unbind())
-        low = b.params[0].dtype in (torch.float16, torch.bfloat16)
-        target = [p.float() for p in b.params] if low else b.params
+        scale, low, target = _per_tensor_scales_and_target(b, scale)
         if group["weight_decay"] != 0 and group["decouple"]:
             torch._foreach_mul_(target, (1.0 - lr * group["weight_decay"]).to(target[0].dtype))
         if b.denoms is None:
@@ -197,16 +191,8 @@ def apply_schedule_free_step(buckets: list[Bucket], lrs: list[Tensor], weight: T
         group = b.group
         lr = lr.to(b.params[0].device)
         beta1 = group["betas"][0]
-        dtype = b.grads[0].dtype
-        scale = lr.to(dtype)
-        if b.factors is not None:
-            scale = scale / b.factors.to(dtype)
-        if scale.dim() == 0:
-            scale = scale.expand(len(b.params))
-        scale = list(scale.unbind())
-        low = b.params[0].dtype in (torch.float16, torch.bfloat16)
-        target = [p.float() for p in b.params] if low else b.params
-        z = _like(b.states["z"], target)
+        scale, low, target = _per_tensor_scales_and_target(b, lr.to(b.grads[0].dtype))
+        z = _like(b.states["z"], target)  # a float32 copy of a low-precision state: written back
         decay = group["weight_decay"] if group["decouple"] else 0.0
         if decay != 0:  # z -= eta wd y, with y before this step
             torch._foreach_addcmul_(z, target, [(-decay * lr).to(z[0].dtype)] * len(z))
@@ -226,8 +212,23 @@ def apply_schedule_free_step(buckets: list[Bucket], lrs: list[Tensor], weight: T
         diff = torch._foreach_sub(z, target)  # y <- y + c (z - y)
         torch._foreach_mul_(diff, weight.to(diff[0].dtype))
         torch._foreach_add_(target, diff)
+        if z[0] is not b.states["z"][0]:
+            torch._foreach_copy_(b.states["z"], z)
         if low:
             torch._foreach_copy_(b.params, target)
+
+
+def _per_tensor_scales_and_target(b: Bucket, scale: Tensor) -> tuple[list[Tensor], bool, list[Tensor]]:
+    """The step's 0-d multiplier per tensor (``scale`` over the scaling's per-tensor factor),
+    whether the parameters are low precision, and the tensors to update: float32 copies of
+    bf16/fp16 parameters (rounded once, back into them, at the end), else the parameters."""
+    if b.factors is not None:
+        scale = scale / b.factors.to(scale.dtype)
+    if scale.dim() == 0:
+        scale = scale.expand(len(b.params))
+    low = b.params[0].dtype in (torch.float16, torch.bfloat16)
+    target = [p.float() for p in b.params] if low else b.params
+    return list(scale.unbind()), low, target
 
 
 def schedule_free_weight(est: dict[str, Tensor], lr: Tensor) -> Tensor:

@@ -124,7 +124,9 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
     Failure modes: ``d`` grows from its start in the first ~10-40 steps (slower the noisier
     the gradient) and never decreases, so a start above the right lr and an
     overshoot stay, and without a schedule the step does not decay under gradient noise.
-    Use a schedule (``lr`` multiplier) or ``d_coef < 1`` when the estimate overshoots.
+    Use a schedule (``lr`` multiplier) or ``d_coef < 1`` when the estimate overshoots, or
+    ``schedule_free=True`` without a schedule (the recommended configuration for networks;
+    on convex problems its average stalls at a constant step: docs/algorithms.md §4h).
     """
 
     _rule_state = ("s",)
