@@ -209,9 +209,15 @@ def apply_schedule_free_step(buckets: list[Bucket], lrs: list[Tensor], weight: T
         else:
             torch._foreach_addcdiv_(target, _like(b.grads, target), _like(b.denoms, target),
                                     value=-(1.0 - beta1))
-        diff = torch._foreach_sub(z, target)  # y <- y + c (z - y)
-        torch._foreach_mul_(diff, weight.to(diff[0].dtype))
-        torch._foreach_add_(target, diff)
+        # y <- y + c (z - y); c as a list of 0-d tensors: the overload taking one tensor
+        # reads it on the host (.item(): a sync, and an error on meta tensors). lerp wants
+        # one dtype per pair: a bucket of float32 state may hold bf16 parameters beside
+        # float32 ones (the first decides `low`), whose z is cast for this
+        ends, weights = z, [weight.to(target[0].dtype)] * len(target)
+        if any(t.dtype != e.dtype for t, e in zip(target, z)):
+            ends = [e.to(t.dtype) for e, t in zip(z, target)]
+            weights = [weight.to(t.dtype) for t in target]
+        torch._foreach_lerp_(target, ends, weights)
         if z[0] is not b.states["z"][0]:
             torch._foreach_copy_(b.states["z"], z)
         if low:
