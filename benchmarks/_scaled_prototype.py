@@ -29,3 +29,15 @@ def freeze_normaliser(scalars: dict, a: dict, params: list, d0_lr: float) -> Non
     scalars["n"] = sum(t.numel() for t in live)
     scalars["N"] = sum(float(t.sum()) for t in live) / max(scalars["n"], 1)
     scalars["d"] = d0_lr * math.sqrt(max(scalars["n"], 1))
+
+
+def scaled_gradients(scalars: dict, a: dict, params: list, d0_lr: float
+                     ) -> tuple[float, dict]:
+    """N (frozen at the first step, with the start), g' = g sqrt(N / a) per parameter, and
+    G0 = ||g'_1|| fixed at the first step; returns (N, g')."""
+    freeze_normaliser(scalars, a, params, d0_lr)
+    norm = scalars["N"]
+    scaled = {p: p.grad * torch.sqrt(norm / a[p]) for p in params}
+    if scalars["G0"] == 0:
+        scalars["G0"] = math.sqrt(sum(float((scaled[p] ** 2).sum()) for p in params))
+    return norm, scaled

@@ -41,7 +41,7 @@ import torch
 
 from lrfree.bench import optimizers as registry
 
-from _scaled_prototype import freeze_normaliser
+from _scaled_prototype import scaled_gradients
 
 
 class ScheduleFreePSDASGD(torch.optim.Optimizer):
@@ -90,11 +90,7 @@ class ScheduleFreePSDASGD(torch.optim.Optimizer):
                           z=p.detach().clone(), x=p.detach().clone())
             st["v"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             a[p] = (st["v"] / (1 - beta2 ** k)).sqrt() + eps
-        freeze_normaliser(sc, a, [p for _, p in items], self.d0_lr)
-        norm = sc["N"]
-        scaled = {p: p.grad * torch.sqrt(norm / a[p]) for _, p in items}
-        if sc["G0"] == 0:
-            sc["G0"] = math.sqrt(sum(float((scaled[p] ** 2).sum()) for _, p in items))
+        norm, scaled = scaled_gradients(sc, a, [p for _, p in items], self.d0_lr)
         lam = sc["d"] / sc["G0"] if sc["G0"] > 0 else 0.0
         for group, p in items:  # r += lam <g', s>, s += lam g'
             st = self.state[p]

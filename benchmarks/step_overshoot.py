@@ -47,7 +47,7 @@ import torch
 
 from lrfree.bench import optimizers as registry
 
-from _scaled_prototype import adam_moments, freeze_normaliser
+from _scaled_prototype import adam_moments, scaled_gradients
 
 
 class OvershootControlled(torch.optim.Optimizer):
@@ -89,11 +89,7 @@ class OvershootControlled(torch.optim.Optimizer):
                 if math.isfinite(self.target):
                     factor = ((1 + self.target) / max(1 + rho, 1e-3)) ** self.damping
                     sc["kappa"] = min(1.0, sc["kappa"] * min(max(factor, 0.5), 2.0))
-        freeze_normaliser(sc, a, [p for _, p in items], self.d0_lr)
-        norm = sc["N"]
-        scaled = {p: p.grad * torch.sqrt(norm / a[p]) for _, p in items}
-        if sc["G0"] == 0:
-            sc["G0"] = math.sqrt(sum(float((scaled[p] ** 2).sum()) for _, p in items))
+        norm, scaled = scaled_gradients(sc, a, [p for _, p in items], self.d0_lr)
         bound = sc["d"] / sc["G0"] if sc["G0"] > 0 else 0.0
         lam = self.fixed_lr / norm if self.fixed_lr is not None else bound
         lam *= sc["kappa"]

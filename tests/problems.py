@@ -62,10 +62,9 @@ def train(make: Callable, steps: int, *, dtype=torch.float64, lrs=(1.0, 0.5), se
     return net, opt
 
 
-def resume(net: nn.Module, opt, make: Callable, start: int, steps: int):
-    """Save ``net`` and ``opt`` (torch.save, loaded back with weights_only), rebuild both from
-    the checkpoint, put the optimizer in training mode and train on from step ``start`` to
-    ``steps`` as :func:`train` does. Returns the new (net, opt)."""
+def reload(net: nn.Module, opt, make: Callable):
+    """Save ``net`` (a TinyNet) and ``opt`` through torch.save, load them back with
+    weights_only, and rebuild both from the checkpoint: a fresh (net, opt)."""
     buffer = io.BytesIO()
     torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
@@ -74,6 +73,13 @@ def resume(net: nn.Module, opt, make: Callable, start: int, steps: int):
     net2.load_state_dict(saved["model"])
     opt2 = make(param_groups(net2))
     opt2.load_state_dict(saved["opt"])
+    return net2, opt2
+
+
+def resume(net: nn.Module, opt, make: Callable, start: int, steps: int):
+    """:func:`reload`, the optimizer put in training mode, and training on from step
+    ``start`` to ``steps`` as :func:`train` does. Returns the new (net, opt)."""
+    net2, opt2 = reload(net, opt, make)
     opt2.train()
     x, y = batches()
     for step in range(start, steps):

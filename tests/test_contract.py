@@ -1,7 +1,6 @@
 """Test 6 of the core issue: the torch.optim contract (closure, loss as tensor or float,
 param groups, late and zero gradients, dtypes, bitwise resume) for every optimizer."""
 import copy
-import io
 import math
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 import lrfree
 from lrfree.reference import DAdaptSGDReference, PSDASGDReference, PSDoGReference, PSSPSReference
-from problems import TinyNet, batches, flat, param_groups, train
+from problems import TinyNet, batches, flat, param_groups, reload, train
 from test_reference_agreement import RTOL, close, lockstep
 
 OPTIMIZERS = {
@@ -87,14 +86,7 @@ def test_bitwise_resume(name):
     (and a fresh model), N - k steps."""
     straight, _ = run(OPTIMIZERS[name], 20)
     net, opt = run(OPTIMIZERS[name], 8)
-    buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    net2 = TinyNet()
-    net2.load_state_dict(saved["model"])
-    opt2 = OPTIMIZERS[name](param_groups(net2))
-    opt2.load_state_dict(saved["opt"])
+    net2, opt2 = reload(net, opt, OPTIMIZERS[name])
     resumed, _ = run(OPTIMIZERS[name], 12, net=net2, opt=opt2, start=8)
     assert torch.equal(flat(resumed), flat(straight))
 
