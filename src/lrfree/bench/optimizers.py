@@ -276,6 +276,11 @@ _FIXED: dict[str, OptimizerSpec] = {
                       _group_effective_lr, pass_loss=True, train_eval=True),
         OptimizerSpec("psdasgd-sf-at-y", "ablation", _ours("PSDASGD", schedule_free=True),
                       _group_effective_lr, scheduled=False, pass_loss=True),
+        # ... and with the estimate quartered: is the convex task's loss the overshoot (the
+        # estimate settles ~7x above the best Adam lr on logreg) or the constant step?
+        OptimizerSpec("psdasgd-sf-dcoef0.25", "ablation",
+                      _ours("PSDASGD", schedule_free=True, d_coef=0.25), _group_effective_lr,
+                      scheduled=False, pass_loss=True, train_eval=True),
         *[OptimizerSpec(f"adamw-wd0.1@{lr}", "ablation", _adamw(float(lr), 0.1), _group_lr,
                         lr=float(lr)) for lr in SWEEP_LRS_ADAM],
     ]
