@@ -4,12 +4,14 @@ resume, the errors, and the constant-lr noisy problem it exists for. (The step i
 checked against the reference in test_reference_agreement; the contract batteries, meta,
 CUDA and distributed tests run it through option_matrix, test_torch_contract and
 dist_worker.)"""
+import warnings
+
 import pytest
 import torch
 
 import lrfree
 from lrfree.reference import PSDASGDReference
-from problems import TinyNet, flat, param_groups, resume, train
+from problems import TinyNet, flat, param_groups, reload, resume, train
 from test_reductions_and_invariance import ScaledAlpha, two_block_problem
 
 SF = dict(schedule_free=True)
@@ -117,6 +119,53 @@ def test_errors_name_the_fix():
         lrfree.PSDASGD(w, schedule_free="yes")
 
 
+def test_a_decaying_lr_warns_once_and_a_warmup_does_not():
+    """The deprecation path to a schedule-free default (docs/algorithms.md §4h): a scheduler
+    that lowers lr under schedule_free=True gets one warning naming the group and the fix;
+    a warm-up (lr rising), a constant lr and the momentum step get none."""
+    def run(multiplier, steps=8, **options):
+        def schedule(step, net, opt):  # what LambdaLR does: the lr of the next step
+            for group, base in zip(opt.param_groups, (1.0, 0.5)):
+                group["lr"] = base * multiplier(step + 1)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(lambda g: lrfree.PSDASGD(g, **options), steps, on_step=schedule,
+                  lrs=(multiplier(0), 0.5 * multiplier(0)))
+        return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+    warmup = lambda step: min(1.0, (step + 1) / 4)  # noqa: E731
+    assert run(warmup, **SF) == []
+    assert run(lambda step: 1.0, **SF) == []
+    decay = lambda step: 1.0 / (step + 2)  # noqa: E731
+    assert run(decay) == []  # the momentum step is meant to be scheduled
+    messages = run(decay, **SF)
+    assert len(messages) == 1, messages
+    assert "param group 0 fell from 0.5 to 0.333" in messages[0]
+    assert "schedule_free=False" in messages[0] and "warm-up is fine" in messages[0]
+    after_warmup = lambda step: warmup(step) if step < 4 else 0.9  # noqa: E731
+    assert len(run(after_warmup, **SF)) == 1
+
+
+@pytest.mark.parametrize("saved,built", [(True, False), (False, True), (True, True)])
+def test_loading_a_checkpoint_of_the_other_iteration_warns(saved, built):
+    """torch restores every group option from a checkpoint, schedule_free with the rest
+    (its state, z or m, comes with it); when that changes the iteration the optimizer was
+    built with, the load says so."""
+    net, opt = train(lambda g: lrfree.PSDASGD(g, schedule_free=saved), 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, opt2 = reload(net, opt, lambda g: lrfree.PSDASGD(g, schedule_free=built))
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert opt2.param_groups[0]["schedule_free"] is saved
+    if saved == built:
+        assert messages == []
+    else:
+        assert len(messages) == 1
+        assert f"saved with schedule_free={saved}" in messages[0]
+        assert ("schedule-free step" if saved else "momentum step") in messages[0]
+
+
 def noisy_least_squares(seed, make, steps=3000):
     """benchmarks/noisy_least_squares.py's problem: 200 x 50, batch 16, lr never scheduled."""
     g = torch.Generator().manual_seed(seed)
@@ -160,8 +209,9 @@ def test_a_scheduled_multiplier_matches_the_reference():
         opt.eval()
         return y, flat(net)
 
-    (y, x), (y_ref, x_ref) = run(lambda g: lrfree.PSDASGD(g, **SF)), \
-        run(lambda g: PSDASGDReference(g, **SF))
+    with pytest.warns(UserWarning, match="fell from"):  # the decay is deliberate here
+        y, x = run(lambda g: lrfree.PSDASGD(g, **SF))
+    y_ref, x_ref = run(lambda g: PSDASGDReference(g, **SF))
     assert rel(y, y_ref) < 1e-10 and rel(x, x_ref) < 1e-10
     constant = train(lambda g: lrfree.PSDASGD(g, **SF), 12)[0]
     assert rel(flat(constant), y) > 1e-3  # the schedule changed the run

@@ -199,6 +199,19 @@ def test_every_registered_optimizer_steps(name: str) -> None:
         assert handle.effective_lr() == pytest.approx(spec.lr * 0.5 * (1 + math.cos(0.3 * math.pi)))
 
 
+def test_sf_adamw_at_a_set_lr_is_an_unscheduled_ablation() -> None:
+    """`sf-adamw@<lr>`: schedule-free AdamW at that lr, never scheduled, not ranked."""
+    spec = bench_opt.get_spec("sf-adamw@1e-2")
+    assert (spec.family, spec.lr, spec.scheduled, spec.train_eval) == \
+        ("ablation", 1e-2, False, True)
+    model = torch.nn.Linear(2, 1)
+    handle = bench_opt.make_factory("sf-adamw@1e-2")(model.parameters(), 4)
+    for _ in range(4):
+        model(torch.ones(1, 2)).sum().backward()
+        handle.step(torch.tensor(0.0))
+    assert handle.effective_lr() == 1e-2
+
+
 def test_schedule_none_keeps_the_lr() -> None:
     model = torch.nn.Linear(2, 1)
     handle = bench_opt.make_factory("adam@1e-2", schedule="none")(model.parameters(), 4)

@@ -77,7 +77,8 @@ def _names_epilog() -> str:
     return "\n\n".join([
         block("tasks:", [*TASKS, "all", "or your own: module:function / file.py:function"]),
         block("optimizers:", optimizer_names()),
-        block("any lr of a sweep family:", ["adam@<lr>", "adam-avg@<lr>", "sgdm@<lr>"]),
+        block("any lr of a sweep family:", ["adam@<lr>", "adam-avg@<lr>", "sgdm@<lr>",
+                                              "sf-adamw@<lr>"]),
         "presets:\n" + "\n".join(f"  {line}" for line in presets)
         + "\n  all = every optimizer above; ablations = the ablation configurations",
     ])

@@ -3,7 +3,8 @@
 Names:
   ours (defaults, untuned)   psdasgd, psdasgd-avg, psdasgd-sf, pssps, sps, dadaptsgd
   hand-tuned baselines        adam@<lr>, adam-avg@<lr>, sgdm@<lr>   (any lr parses; the sweeps
-                              below are the registered grid)
+                              below are the registered grid); sf-adamw@<lr> (schedule-free
+                              AdamW at a set lr: an ablation row, not ranked)
   LR-free peers (defaults)    dadapt-adam, prodigy, dog, sf-adamw, momsps
 
 Every method with an lr gets the task's schedule (cosine to zero over the run, no warmup, as
@@ -286,7 +287,7 @@ _FIXED: dict[str, OptimizerSpec] = {
     ]
 }
 
-_SWEPT = re.compile(r"^(adam|adam-avg|sgdm)@([0-9.]+(?:e-?[0-9]+)?)$")
+_SWEPT = re.compile(r"^(adam|adam-avg|sgdm|sf-adamw)@([0-9.]+(?:e-?[0-9]+)?)$")
 
 PRESETS: dict[str, list[str]] = {
     "ours": ["psdasgd", "psdasgd-avg", "psdasgd-sf", "pssps", "sps", "dadaptsgd"],
@@ -305,7 +306,8 @@ PRESETS["default"] = ["psdasgd", "psdasgd-avg", "psdasgd-sf", "pssps", *PRESETS[
 
 
 def get_spec(name: str) -> OptimizerSpec:
-    """The configuration called `name` (a registered name or `adam|adam-avg|sgdm@<lr>`)."""
+    """The configuration called `name` (a registered name or
+    `adam|adam-avg|sgdm|sf-adamw@<lr>`)."""
     if name in _FIXED:
         return _FIXED[name]
     match = _SWEPT.match(name)
@@ -314,6 +316,10 @@ def get_spec(name: str) -> OptimizerSpec:
     family, lr = match.group(1), float(match.group(2))
     if family == "sgdm":
         return OptimizerSpec(name, "sgd", _sgdm(lr), _group_lr, lr=lr)
+    if family == "sf-adamw":  # schedule-free AdamW at a hand-set lr: an ablation, not ranked
+        return OptimizerSpec(name, "ablation",
+                             _peer("schedulefree", "AdamWScheduleFree", lr=lr), _group_lr,
+                             lr=lr, scheduled=False, train_eval=True)
     return OptimizerSpec(name, family, _adam(lr), _group_lr, lr=lr, averaged=family == "adam-avg")
 
 

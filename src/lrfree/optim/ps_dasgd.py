@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -179,6 +180,8 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         if _scaled.fused_step(self, buckets, loss):  # the Triton kernel on CUDA: one pass
             return
         group0 = self.param_groups[0]
+        if group0["schedule_free"] and not torch.compiler.is_compiling():
+            warn_if_lr_decays(self)
         est, first, norm = self._enter_scaled_space(
             buckets, lambda dev, dt: DAdaptEstimate.initial(group0["d0"], dev, dt))
         device, dtype = self._device(), self._scalar_dtype()
@@ -253,6 +256,20 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         for group in self.param_groups:
             group["d"], group["d_hat"] = est["d"], est["d_hat"]
 
+    def _load_checked(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = state_dict.get("param_groups") or [{}]
+        saved = saved_groups[0].get("schedule_free", False)
+        own = self.param_groups[0]["schedule_free"]
+        super()._load_checked(state_dict)
+        if saved != own:
+            warnings.warn(
+                f"PSDASGD: this checkpoint was saved with schedule_free={saved}, and this "
+                f"optimizer was built with schedule_free={own}. Like every group option, the "
+                f"checkpoint's value is restored with its state, so this optimizer now takes "
+                f"the {'schedule-free' if saved else 'momentum'} step. To change the iteration, "
+                "build a new optimizer and do not load the old optimizer state "
+                "(docs/algorithms.md §4h).", UserWarning, stacklevel=3)
+
     def _warmup_loss(self, est: dict[str, Tensor], loss: Tensor | None) -> Tensor:
         """The loss for the Polyak warm-up (already averaged over ranks by the base class,
         which also refused a step without it: ``needs_loss``); starts the warm-up."""
@@ -275,6 +292,36 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         # no non-zero gradient yet: no step (as base_step does with G0 = 0), not d / 0
         return torch.where(corrected > 0, est["d"] / torch.sqrt(corrected),
                            torch.zeros_like(corrected))
+
+
+def warn_if_lr_decays(opt: PSDASGD) -> None:
+    """Warn once if a group's ``lr`` fell below its largest value so far under
+    ``schedule_free=True``: a decaying scheduler drives the schedule-free iteration, which
+    replaces the schedule (under a cosine schedule it trained worse than without one on all
+    8 networks of the quick benchmark, docs/algorithms.md §4h). A warm-up, which only raises ``lr``, is fine. Host
+    numbers only: a tensor ``lr`` is not read (that would sync the device)."""
+    peaks = getattr(opt, "_lr_peaks", [])
+    if peaks is None:  # warned already
+        return
+    opt._lr_peaks = peaks
+    for index, group in enumerate(opt.param_groups):
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            continue
+        if index >= len(peaks):
+            peaks.append(lr)
+        elif lr < peaks[index]:
+            opt._lr_peaks = None
+            warnings.warn(
+                f"PSDASGD(schedule_free=True): the lr of param group {index} fell from "
+                f"{peaks[index]:g} to {lr:g}, as under a decaying lr scheduler. The "
+                "schedule-free iteration replaces the schedule: under a cosine schedule it "
+                "trained worse than without one on all 8 networks of our quick benchmark "
+                "(docs/algorithms.md §4h). Drop the decaying scheduler (a warm-up is fine), or "
+                "use schedule_free=False to keep it.", UserWarning, stacklevel=2)
+            return
+        else:
+            peaks[index] = lr
 
 
 def check_schedule_free(schedule_free: bool, average: bool, betas: tuple[float, float],
