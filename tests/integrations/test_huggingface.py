@@ -236,3 +236,39 @@ def test_schedule_free_evaluates_at_the_average_and_trains_at_y(tmp_path):
     trainer.optimizer.train()  # what Trainer does before its next training step
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-7)
+
+
+def test_lrfree_trainer_exports_the_average_and_checkpoints_the_training_point(tmp_path):
+    """LRFreeTrainer.save_model() with PSDASGD(schedule_free=True) writes the average x
+    (what opt.eval() gives the hand loop), puts y back for training, and leaves the
+    optimizer in eval mode if the user had put it there; Trainer's own checkpoint saves
+    (_internal_call=True) write y, which the optimizer state resumes from."""
+    from safetensors.torch import load_file
+
+    model = TinyClassifier()
+    twin = copy.deepcopy(model)
+    opt = lrfree.PSDASGD(model.parameters(), schedule_free=True)
+    trainer, _, _ = train(LRFreeTrainer, model, opt,
+                          torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), tmp_path, 5, 1)
+    twin_opt = lrfree.PSDASGD(twin.parameters(), schedule_free=True)
+    hand_loop(twin, twin_opt, torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0),
+              trainer.seen, 1, pass_loss=False)
+    y = {k: v.clone() for k, v in twin.state_dict().items()}
+    twin_opt.eval()
+    x = {k: v.clone() for k, v in twin.state_dict().items()}
+    assert max(float((x[k] - y[k]).abs().max()) for k in x) > 1e-5, "x = y: not a test"
+
+    def close(saved, want):
+        return all(torch.allclose(saved[k], want[k], rtol=0, atol=1e-7) for k in want)
+
+    trainer.save_model(str(tmp_path / "export"))
+    assert close(load_file(str(tmp_path / "export" / "model.safetensors")), x)
+    assert not opt.param_groups[0].get("averaged_in")
+    assert close(model.state_dict(), y)  # training goes on from y
+    trainer.save_model(str(tmp_path / "checkpoint"), _internal_call=True)
+    assert close(load_file(str(tmp_path / "checkpoint" / "model.safetensors")), y)
+    opt.eval()  # the user's own eval() is kept
+    trainer.save_model(str(tmp_path / "again"))
+    assert close(load_file(str(tmp_path / "again" / "model.safetensors")), x)
+    assert opt.param_groups[0].get("averaged_in")
+    opt.train()

@@ -22,6 +22,9 @@ reaches ``trainer.state.log_history`` and every ``report_to`` integration.
 Note ``Trainer``'s defaults: ``max_grad_norm=1.0`` clips the gradient the optimizer sees
 (with the Polyak step a clipped gradient makes the step larger, not smaller), and the
 ``learning_rate`` it logs is the scheduler's multiplier (1.0 by default), not the estimate.
+With ``PSDASGD(schedule_free=True)`` (or ``average=True``), ``LRFreeTrainer.save_model()``
+exports the averaged weights; a plain ``Trainer`` saves the training weights unless you
+call ``optimizer.eval()`` first.
 """
 from __future__ import annotations
 
@@ -40,6 +43,13 @@ except ImportError as exc:
 def _unwrap(optimizer: Any) -> Any:
     """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (or itself)."""
     return getattr(optimizer, "optimizer", optimizer)
+
+
+def _keeps_average(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is an lrfree optimizer whose ``eval()`` swaps in an average."""
+    groups = getattr(optimizer, "param_groups", None)
+    return bool(groups) and hasattr(optimizer, "eval") and \
+        bool(groups[0].get("schedule_free") or groups[0].get("average"))
 
 
 class LRFreeTrainer(Trainer):
@@ -86,6 +96,23 @@ class LRFreeTrainer(Trainer):
         # the micro-batch whose gradient is synchronised is the last before the step
         self._step_complete = self.accelerator.sync_gradients
         return loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; a save you ask for exports the averaged weights of an
+        optimizer that keeps them (``PSDASGD(schedule_free=True)`` or ``average=True``):
+        ``optimizer.eval()`` before, ``optimizer.train()`` after (unless you had called
+        ``eval()`` yourself). Trainer's own checkpoints (``_internal_call=True``) keep the
+        training weights, which the saved optimizer state continues from on resume."""
+        opt = _unwrap(self.optimizer) if self.optimizer is not None else None
+        swap = not _internal_call and opt is not None and _keeps_average(opt) \
+            and not opt.param_groups[0].get("averaged_in")
+        if swap:
+            opt.eval()
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            if swap:
+                opt.train()
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """``Trainer.log``, with the estimate added to the training logs."""
