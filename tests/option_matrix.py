@@ -8,6 +8,10 @@ import lrfree
 
 PS = {"psdasgd": lrfree.PSDASGD, "pssps": lrfree.PSSPS, "psdog": lrfree.PSDoG}
 BASE = {"sps": lrfree.SPS, "dadaptsgd": lrfree.DAdaptSGD}
+# PSDASGD's default (schedule_free="auto") is the schedule-free iteration where no LR
+# scheduler is attached, as in these tests: its rows of the shared options pin the momentum
+# step, and its own rows cover the defaults and the schedule-free iteration
+PINNED = {"psdasgd": {"schedule_free": False}}
 
 # options every PS optimizer takes, one change from the defaults at a time
 PS_OPTIONS: list[dict[str, Any]] = [
@@ -25,8 +29,10 @@ PS_OPTIONS: list[dict[str, Any]] = [
 ]
 # options of one optimizer only
 OWN_OPTIONS: dict[str, list[dict[str, Any]]] = {
-    "psdasgd": [{"d0": 1e-2}, {"d_coef": 0.5, "growth_rate": 2.0}, {"alpha_norm": "running"},
-                {"schedule_free": True}, {"schedule_free": True, "foreach": False},
+    "psdasgd": [{}, {"d0": 1e-2}, {"d_coef": 0.5, "growth_rate": 2.0},
+                {"alpha_norm": "running"}, {"schedule_free": True},
+                {"schedule_free": True, "foreach": False},
+                {"schedule_free": True, "state_dtype": "param"},
                 {"schedule_free": True, "weight_decay": 0.1, "scaling": "adafactor"}],
     "pssps": [{"f_star": -0.5, "c": 0.2}, {"alpha_norm": "running"}],  # PSDoG has no "running"
     "psdog": [{"reps_rel": 1e-4}],
@@ -46,7 +52,8 @@ def _label(kwargs: dict[str, Any]) -> str:
 def cases() -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
     out = []
     for name, cls in PS.items():
-        for kw in (*PS_OPTIONS, *OWN_OPTIONS[name]):
+        for kw in (*({**PINNED.get(name, {}), **shared} for shared in PS_OPTIONS),
+                   *OWN_OPTIONS[name]):
             out.append((f"{name}[{_label(kw)}]", cls, kw))
     for name, cls in BASE.items():
         for kw in OWN_OPTIONS[name]:

@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
 from typing import Callable
 
 import torch
 from torch import nn
+
+import lrfree
+
+# PSDASGD's momentum step (schedule_free=False): what the kernels implement and what most
+# tests check. The class default, "auto", takes it only when an LR scheduler is attached
+# at the first step, and the schedule-free iteration otherwise (docs/algorithms.md §4h).
+PSDASGDMomentum = functools.partial(lrfree.PSDASGD, schedule_free=False)
+
+
+def optimizer_class(name: str) -> Callable:
+    """``lrfree.<name>``, with PSDASGD's momentum step for ``"PSDASGD"``."""
+    return PSDASGDMomentum if name == "PSDASGD" else getattr(lrfree, name)
 
 
 class TinyNet(nn.Module):

@@ -12,7 +12,8 @@ from problems import TinyNet, batches, flat, param_groups, reload, train
 from test_reference_agreement import RTOL, close, lockstep
 
 OPTIMIZERS = {
-    "psdasgd": lambda g, **kw: lrfree.PSDASGD(g, **kw),
+    "psdasgd": lambda g, **kw: lrfree.PSDASGD(g, **kw),  # "auto": schedule-free here
+    "psdasgd-momentum": lambda g, **kw: lrfree.PSDASGD(g, schedule_free=False, **kw),
     "psdasgd-amsgrad": lambda g, **kw: lrfree.PSDASGD(g, scaling="amsgrad", weight_decay=0.01, **kw),
     "psdasgd-adafactor": lambda g, **kw: lrfree.PSDASGD(g, scaling="adafactor", **kw),
     "pssps": lambda g, **kw: lrfree.PSSPS(g, **kw),
@@ -25,6 +26,7 @@ OPTIMIZERS = {
 # the slow paper-notation implementation of each entry above (independent code)
 REFERENCES = {
     "psdasgd": lambda g: PSDASGDReference(g),
+    "psdasgd-momentum": lambda g: PSDASGDReference(g, schedule_free=False),
     "psdasgd-amsgrad": lambda g: PSDASGDReference(g, scaling="amsgrad", weight_decay=0.01),
     "psdasgd-adafactor": lambda g: PSDASGDReference(g, scaling="adafactor"),
     "pssps": lambda g: PSSPSReference(g),
@@ -255,7 +257,8 @@ def average_in_spec_notation(options, steps, exponent, power):
     """PSDASGDReference plus the spec's average (section 4b) computed here in float64:
     w_k = d_k^exponent k^power, W_k = sum w, x_avg += (w_k / W_k)(x_k - x_avg)."""
     net = TinyNet()
-    ref = PSDASGDReference(param_groups(net), **options)
+    # average=True trains with the momentum step (it excludes the schedule-free iteration)
+    ref = PSDASGDReference(param_groups(net), schedule_free=False, **options)
     x, y = batches()
     avg = [p.detach().clone() for p in net.parameters()]
     total_weight, history = 0.0, []

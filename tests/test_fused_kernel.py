@@ -36,6 +36,7 @@ from torch.utils.cpp_extension import is_ninja_available
 
 import lrfree
 from lrfree import kernels
+from problems import PSDASGDMomentum, optimizer_class
 
 _compiler = os.environ.get("CXX", "c++")
 kernels.ensure_ninja_on_path()
@@ -70,7 +71,7 @@ def kernel_calls(monkeypatch):
 def train_pair(name, options, dtype=torch.float32, steps=10, nan_at=None, make_net=MixedNet,
                make_groups=groups, nan_value=float("nan"), nan_loss_at=None):
     """The same model trained by the eager optimizer and by its kernel="cpp" version."""
-    cls = getattr(lrfree, name)
+    cls = optimizer_class(name)
     net_e = make_net().to(dtype)
     net_k = copy.deepcopy(net_e)
     opt_e = cls(make_groups(net_e), **options)
@@ -156,7 +157,7 @@ def test_nonfinite_step_is_skipped(name, bad, kernel_calls):
     assert len(kernel_calls) == 4
     assert max(max_differences(net_e, opt_e, net_k, opt_k).values()) <= RTOL[torch.float32]
     net = MixedNet()
-    opt = lrfree.fused(getattr(lrfree, name)(groups(net), nonfinite="raise"), kernel="cpp")
+    opt = lrfree.fused(optimizer_class(name)(groups(net), nonfinite="raise"), kernel="cpp")
     for k in range(3):
         x, y = data(k)
         opt.zero_grad()
@@ -176,7 +177,7 @@ def test_nonfinite_step_is_skipped(name, bad, kernel_calls):
 @pytest.mark.parametrize("nonfinite,expected", [("skip", 1), ("unchecked", 0)])
 def test_host_syncs_per_step(name, nonfinite, expected, kernel_calls):
     net = MixedNet()
-    opt = lrfree.fused(getattr(lrfree, name)(groups(net), nonfinite=nonfinite), kernel="cpp")
+    opt = lrfree.fused(optimizer_class(name)(groups(net), nonfinite=nonfinite), kernel="cpp")
     assert_host_syncs_per_step(net, opt, 4, expected)  # the eager first step included
     assert len(kernel_calls) == 3
 
@@ -231,8 +232,8 @@ def test_first_gradient_of_a_parameter_is_an_eager_step(kernel_calls):
     (it creates the state), the next ones use the kernel again."""
     net_e = MixedNet()
     net_k = copy.deepcopy(net_e)
-    opt_e = lrfree.PSDASGD(groups(net_e), d0_lr=1e-8)
-    opt_k = lrfree.fused(lrfree.PSDASGD(groups(net_k), d0_lr=1e-8), kernel="cpp")
+    opt_e = PSDASGDMomentum(groups(net_e), d0_lr=1e-8)
+    opt_k = lrfree.fused(PSDASGDMomentum(groups(net_k), d0_lr=1e-8), kernel="cpp")
     for k in range(5):
         for net, opt in ((net_e, opt_e), (net_k, opt_k)):
             x, y = data(k)
@@ -276,7 +277,7 @@ def test_resume_from_state_dict(name, kernel_calls):
             loss.backward()
             opt.step(loss=loss.detach())
 
-    cls = getattr(lrfree, name)
+    cls = optimizer_class(name)
     net_a = MixedNet()
     net_b = copy.deepcopy(net_a)
     opt_a = lrfree.fused(cls(groups(net_a)), kernel="cpp")
@@ -298,7 +299,7 @@ def test_zero_gradients_first(name, nonfinite, kernel_calls):
     """Exactly zero gradients at the first two steps: N, G0 and the start wait for the
     first non-zero gradient (with the check; unchecked, N is fixed at once); the kernel
     takes over once they are fixed and the result is the eager one."""
-    cls = getattr(lrfree, name)
+    cls = optimizer_class(name)
     net_e = MixedNet()
     net_k = copy.deepcopy(net_e)
     opt_e = cls(groups(net_e), nonfinite=nonfinite)

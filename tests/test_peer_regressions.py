@@ -127,7 +127,7 @@ def test_late_parameter_gets_its_own_bias_correction():
     With the global step count instead, m_hat = 0.1 g / (1 - 0.9^4) and v_hat = 1e-3 g^2 /
     (1 - 0.999^4) would give a step ~0.29x / 0.5x that size."""
     net = TinyNet()
-    opt = lrfree.PSDASGD(param_groups(net), eps=1e-8)
+    opt = lrfree.PSDASGD(param_groups(net), eps=1e-8, schedule_free=False)
     train(net, opt, 3)
     before = net.late.detach().clone()
     x, y = batches()

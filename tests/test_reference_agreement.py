@@ -56,24 +56,24 @@ def lockstep(make_fast, make_ref, state_names, scalar_map, lrs=(1.0, 0.5), zero_
 
 
 PSDASGD_OPTIONS = [
-    dict(),
-    dict(scaling="amsgrad"),
-    dict(scaling="rmsprop"),
-    dict(scaling="adagrad"),
-    dict(scaling="none"),
-    dict(alpha_norm="running"),
-    dict(alpha_norm="none"),
-    dict(d0=1e-6),  # the published start: a distance in scaled units
-    dict(betas=(0.0, 0.99)),
-    dict(weight_decay=0.1),
-    dict(weight_decay=0.1, decouple=False),
-    dict(d_coef=0.3, growth_rate=1.05),
-    dict(d0=1e-3, eps=1e-6),
-    dict(d0_lr=1e-6),  # DAdaptAdam's and Prodigy's start (the default until issue 17)
-    dict(scaling="adafactor"),
-    dict(scaling="adafactor", alpha_norm="running", weight_decay=0.1, decouple=False),
+    dict(schedule_free=False),  # the momentum step
+    dict(scaling="amsgrad", schedule_free=False),
+    dict(scaling="rmsprop", schedule_free=False),
+    dict(scaling="adagrad", schedule_free=False),
+    dict(scaling="none", schedule_free=False),
+    dict(alpha_norm="running", schedule_free=False),
+    dict(alpha_norm="none", schedule_free=False),
+    dict(d0=1e-6, schedule_free=False),  # the published start: a distance in scaled units
+    dict(betas=(0.0, 0.99), schedule_free=False),
+    dict(weight_decay=0.1, schedule_free=False),
+    dict(weight_decay=0.1, decouple=False, schedule_free=False),
+    dict(d_coef=0.3, growth_rate=1.05, schedule_free=False),
+    dict(d0=1e-3, eps=1e-6, schedule_free=False),
+    dict(d0_lr=1e-6, schedule_free=False),  # DAdaptAdam's and Prodigy's start (the default until issue 17)
+    dict(scaling="adafactor", schedule_free=False),
+    dict(scaling="adafactor", alpha_norm="running", weight_decay=0.1, decouple=False, schedule_free=False),
     # the schedule-free iteration (docs/algorithms.md §4h): z and y against z and x stored
-    dict(schedule_free=True),
+    dict(),  # the defaults: without an LR scheduler, "auto" is schedule-free
     dict(schedule_free=True, weight_decay=0.1),
     dict(schedule_free=True, weight_decay=0.1, decouple=False, betas=(0.95, 0.99)),
     dict(schedule_free=True, scaling="adafactor", growth_rate=float("inf")),
@@ -160,7 +160,7 @@ def test_dadaptsgd_matches_reference(options, foreach):
 def test_zero_initialised_head_normaliser(cls, ref):
     """Behind a zero head the first layer's first gradient is exactly zero: N0 must be the
     mean over the elements with a non-zero gradient, in both implementations."""
-    lockstep(lambda groups: cls(groups), lambda groups: ref(groups), ("m", "v"),
+    lockstep(lambda groups: cls(groups), lambda groups: ref(groups), ("m", "v", "z"),
              {"alpha_norm": "N0"}, zero_head=True)
     net = TinyNet(zero_head=True)
     opt = cls(param_groups(net))
@@ -182,7 +182,7 @@ def test_frozen_group_is_untouched_and_leaves_estimate_alone():
     lockstep(
         lambda groups: lrfree.PSDASGD(groups),
         lambda groups: PSDASGDReference(groups),
-        ("m", "v", "s"),
+        ("m", "v", "s", "z"),
         {"d": "d", "r": "r"},
         lrs=(1.0, 0.0),
     )

@@ -11,7 +11,7 @@ import torch
 
 import lrfree
 from lrfree.reference import PSDASGDReference
-from problems import TinyNet, flat, param_groups, reload, resume, train
+from problems import TinyNet, batches, flat, param_groups, reload, resume, train
 from test_reductions_and_invariance import ScaledAlpha, two_block_problem
 
 SF = dict(schedule_free=True)
@@ -138,7 +138,10 @@ def test_a_decaying_lr_warns_once_and_a_warmup_does_not():
     assert run(warmup, **SF) == []
     assert run(lambda step: 1.0, **SF) == []
     decay = lambda step: 1.0 / (step + 2)  # noqa: E731
-    assert run(decay) == []  # the momentum step is meant to be scheduled
+    assert run(decay, schedule_free=False) == []  # the momentum step is meant to be scheduled
+    # the defaults without a torch scheduler (lr set by hand): "auto" is schedule-free, so
+    # the hand-made decay is warned about as well
+    assert len(run(decay)) == 1
     messages = run(decay, **SF)
     assert len(messages) == 1, messages
     assert "param group 0 fell from 0.5 to 0.333" in messages[0]
@@ -166,6 +169,99 @@ def test_loading_a_checkpoint_of_the_other_iteration_warns(saved, built):
         assert ("schedule-free step" if saved else "momentum step") in messages[0]
 
 
+def auto_run(steps=6, scheduler=None, **options):
+    """TinyNet trained by PSDASGD(**options), with ``scheduler(opt)`` attached before the
+    first step if given (stepped after each optimizer step)."""
+    net = TinyNet()
+    opt = lrfree.PSDASGD(param_groups(net), **options)
+    sched = scheduler(opt) if scheduler else None
+    x, y = batches()
+    for step in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[:16], step), y[:16]).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return net, opt
+
+
+COSINE = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)  # noqa: E731
+WARMUP = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+    opt, lambda k: min(1.0, (k + 1) / 3))
+
+
+@pytest.mark.parametrize("scheduler,expected", [(None, True), (COSINE, False),
+                                                (WARMUP, False)],
+                         ids=["no scheduler", "cosine", "warm-up"])
+def test_auto_is_schedule_free_unless_a_scheduler_is_attached(scheduler, expected):
+    """The default schedule_free="auto" settles at the first step: the schedule-free
+    iteration without an LR scheduler, the momentum step with one (torch's schedulers mark
+    the groups with initial_lr when they are created). Bitwise the run of the explicit
+    option, with the same scheduler."""
+    opt_auto = lrfree.PSDASGD(param_groups(TinyNet()))
+    assert opt_auto.param_groups[0]["schedule_free"] == "auto"
+    net, opt = auto_run(scheduler=scheduler)
+    explicit, _ = auto_run(scheduler=scheduler, schedule_free=expected)
+    with warnings.catch_warnings():  # schedule-free under a scheduler: warned, expected
+        warnings.simplefilter("ignore")
+        other, _ = auto_run(scheduler=scheduler, schedule_free=not expected)
+    assert all(g["schedule_free"] is expected for g in opt.param_groups)
+    assert torch.equal(flat(net), flat(explicit))
+    assert not torch.equal(flat(net), flat(other))
+    assert ("z" in opt.state[net.w1]) is expected and ("m" in opt.state[net.w1]) is not expected
+
+
+def test_auto_settles_early_where_the_options_exclude_schedule_free():
+    """average=True, betas[0] = 0 and fused=True exclude the schedule-free iteration: "auto"
+    is False from the start (what these options meant before "auto"), no error."""
+    w = [torch.nn.Parameter(torch.ones(3))]
+    assert lrfree.PSDASGD(w, average=True).param_groups[0]["schedule_free"] is False
+    assert lrfree.PSDASGD(w, betas=(0.0, 0.999)).param_groups[0]["schedule_free"] is False
+    with pytest.raises(ValueError, match="fused=True"):  # on the CPU: the kernel's own error
+        lrfree.PSDASGD(w, fused=True)
+
+
+def test_auto_with_a_plateau_scheduler_is_schedule_free_and_warns_at_its_first_cut():
+    """ReduceLROnPlateau does not mark the groups (it sets no initial_lr): "auto" takes the
+    schedule-free iteration, and the first cut of lr gets the warning that names the fix."""
+    def plateau(opt):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+
+    net = TinyNet()
+    opt = lrfree.PSDASGD(param_groups(net))
+    sched = plateau(opt)
+    x, y = batches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(4):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[:16], step), y[:16]).backward()
+            opt.step()
+            sched.step(1.0)  # a flat metric: a cut after every step
+    assert opt.param_groups[0]["schedule_free"] is True
+    messages = [str(w.message) for w in caught if "fell from" in str(w.message)]
+    assert len(messages) == 1 and "schedule_free=False" in messages[0]
+
+
+def test_auto_checkpoints_and_late_groups_keep_the_settled_iteration():
+    """A checkpoint written after the first step holds the settled value: loading it into a
+    fresh "auto" optimizer takes it without a warning (nothing was chosen against it), and
+    resuming equals the straight run. A param group added later joins the settled
+    iteration."""
+    straight, _ = train(lambda g: lrfree.PSDASGD(g), 20)
+    net, opt = train(lambda g: lrfree.PSDASGD(g), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net2, opt2 = resume(net, opt, lambda g: lrfree.PSDASGD(g), 8, 20)
+    assert opt2.param_groups[0]["schedule_free"] is True
+    assert torch.equal(flat(net2), flat(straight))
+    extra = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt2.add_param_group({"params": [extra]})
+    extra.grad = torch.ones(3, dtype=torch.float64)
+    opt2.step()
+    assert opt2.param_groups[-1]["schedule_free"] is True and "z" in opt2.state[extra]
+
+
 def noisy_least_squares(seed, make, steps=3000):
     """benchmarks/noisy_least_squares.py's problem: 200 x 50, batch 16, lr never scheduled."""
     g = torch.Generator().manual_seed(seed)
@@ -191,7 +287,8 @@ def test_constant_lr_noisy_least_squares_converges():
     momentum step 0.58 +- 0.17. Bounds: the issue's 0.1 for schedule-free, and the control
     (the momentum step, same problem and seed) beyond 0.3, so the test can fail."""
     assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p, **SF)) < 0.1
-    assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p)) > 0.3
+    assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p, schedule_free=False)) > 0.3
+    assert noisy_least_squares(0, lambda p: lrfree.PSDASGD(p)) < 0.1  # the defaults
 
 
 def test_a_scheduled_multiplier_matches_the_reference():

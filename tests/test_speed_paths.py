@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import lrfree
+from problems import optimizer_class
 
 FOREACH_RTOL = 2e-6
 
@@ -98,7 +99,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_foreach_matches_per_tensor(name, options):
-    cls = getattr(lrfree, name)
+    cls = optimizer_class(name)
     net_a = MixedNet()
     net_b = copy.deepcopy(net_a)
     opt_a = cls(groups(net_a), foreach=True, **options)
@@ -157,7 +158,7 @@ def test_host_syncs_per_step(name, foreach, nonfinite, expected):
     options = {"average": True} if name in ("PSDASGD", "PSSPS") else {}
     if name == "PSDASGD" and not foreach:
         options = {"schedule_free": True}
-    opt = getattr(lrfree, name)(groups(net), nonfinite=nonfinite, foreach=foreach, **options)
+    opt = optimizer_class(name)(groups(net), nonfinite=nonfinite, foreach=foreach, **options)
     assert_host_syncs_per_step(net, opt, 3, expected)
 
 
@@ -195,7 +196,7 @@ def compiled_step(opt):
 def test_compiled_step_has_no_graph_break(name, options):
     """fullgraph=True raises on any graph break; the compiled run must equal eager."""
     torch._dynamo.reset()
-    cls = getattr(lrfree, name)
+    cls = optimizer_class(name)
     net_c, net_e = MixedNet(), MixedNet()
     net_e.load_state_dict(net_c.state_dict())
     opt_c = cls(net_c.parameters(), nonfinite="unchecked", **options)
@@ -248,7 +249,7 @@ def test_state_tensors_per_parameter(name, options, expected):
     and the start x0 (DoG measures the distance from it). DAdaptSGD: s and the anchor x0 (as
     the reference package). Besides them only a 0-d step count."""
     net = MixedNet()
-    opt = getattr(lrfree, name)(net.parameters(), **options)
+    opt = optimizer_class(name)(net.parameters(), **options)
     train(net, opt, 1)
     for p in net.parameters():
         assert len(opt.state[p]) == expected + 1, f"{name}: {sorted(opt.state[p])}"
@@ -340,7 +341,7 @@ def test_tensor_passes_per_step(name, limit, foreach):
     if name == "AdamW":
         opt = torch.optim.AdamW(params, foreach=foreach)
     else:
-        opt = getattr(lrfree, name)(params, foreach=foreach)
+        opt = optimizer_class(name)(params, foreach=foreach)
     counted = bench.count_passes(opt, params, grads)
     assert counted["passes"] <= limit + 0.01, counted
     assert counted["passes"] >= limit - 0.01, f"fewer passes than pinned, update PASSES: {counted}"
@@ -353,7 +354,7 @@ def test_check_sees_huge_finite_gradients_as_finite(name):
     float32, is still finite and the step is taken; a NaN skips it with no state change.
     One host sync either way."""
     net = MixedNet()
-    opt = getattr(lrfree, name)(net.parameters())
+    opt = optimizer_class(name)(net.parameters())
     train(net, opt, 2)
     x, y = data(2)
     for value, skipped in ((1e30, 0), (float("nan"), 1), (float("-inf"), 2)):

@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrfree
+from problems import optimizer_class
 
 # (optimizer, options, aten calls per step at most)
 # (PSDASGD: +2 since issue 17's default growth_rate = 1.5, the bound min(d_hat, 1.5 d))
@@ -38,7 +39,7 @@ def _calls_per_step(name: str, options: dict) -> list[str]:
     net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     for p in net.parameters():
         p.grad = torch.randn_like(p)
-    opt = getattr(lrfree, name)(net.parameters(), **options)
+    opt = optimizer_class(name)(net.parameters(), **options)
     loss = torch.tensor(1.0)
     for _ in range(3):  # past the first step (which fixes N and creates the state)
         opt.step(loss=loss)

@@ -33,6 +33,7 @@ pytest.importorskip("triton")
 
 import lrfree  # noqa: E402
 from lrfree.kernels import triton_step  # noqa: E402
+from problems import PSDASGDMomentum  # noqa: E402
 
 if "lrfree.kernels._triton_kernels" in sys.modules:  # defined earlier under another mode
     importlib.reload(sys.modules["lrfree.kernels._triton_kernels"])
@@ -45,7 +46,7 @@ DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(
                INTERPRETED or not torch.cuda.is_available(), reason="needs CUDA"))]
 # 0-d, one element, zero-size, one block exactly, a block and one, a few blocks + a tail
 SHAPES = [(), (1,), (0, 4), (1024,), (1025,), (33, 17), (3, 5, 7), (2100,)]
-OPTIMIZERS = {"psdasgd": lrfree.PSDASGD, "pssps": lrfree.PSSPS}
+OPTIMIZERS = {"psdasgd": PSDASGDMomentum, "pssps": lrfree.PSSPS}
 ULPS = 1000  # see the module docstring
 
 
@@ -203,7 +204,7 @@ def test_all_zero_first_gradient_unchecked(device):
     runs = {}
     for fused in (None, False):
         p = torch.nn.Parameter(torch.linspace(-1, 1, 40, device=device, dtype=torch.float64))
-        opt = lrfree.PSDASGD([p], fused=fused, nonfinite="unchecked")
+        opt = PSDASGDMomentum([p], fused=fused, nonfinite="unchecked")
         xs = []
         for k in range(4):
             p.grad = torch.zeros_like(p) if k == 0 else p.detach() - 0.5

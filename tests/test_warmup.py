@@ -12,10 +12,12 @@ from problems import flat, train
 from test_reductions_and_invariance import ScaledAlpha, two_block_problem
 from test_reference_agreement import lockstep
 
+# the momentum step (the warm-up's recipe is a scheduled fine-tune), and the last with the
+# defaults' schedule-free iteration (no LR scheduler here)
 WARMUPS = [
-    dict(warmup="polyak"),
-    dict(warmup="polyak", warmup_growth=3.0),
-    dict(warmup="polyak", warmup_growth=2.0, weight_decay=0.1),
+    dict(warmup="polyak", schedule_free=False),
+    dict(warmup="polyak", warmup_growth=3.0, schedule_free=False),
+    dict(warmup="polyak", warmup_growth=2.0, weight_decay=0.1, schedule_free=False),
     dict(warmup="polyak", warmup_growth=1.5, scaling="adafactor", d0_lr=1e-4),
 ]
 
@@ -26,7 +28,7 @@ def test_warmup_matches_reference(options, foreach):
     lockstep(
         lambda groups: lrfree.PSDASGD(groups, foreach=foreach, **options),
         lambda groups: PSDASGDReference(groups, **options),
-        ("m", "v", "v_max", "v_row", "v_col", "s"),
+        ("m", "v", "v_max", "v_row", "v_col", "s", "z"),
         {"d": "d", "d_hat": "d_hat", "r": "r", "alpha_norm": "N0", "grad_norm0": "G0",
          "warming": "warming"},
     )

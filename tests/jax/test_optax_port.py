@@ -79,6 +79,8 @@ def run_torch(cls, kind, kwargs, schedule):
     x, target = torch.tensor(x), torch.tensor(target)
     labels = torch.tensor(labels)
     p = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
+    if cls is lrfree.PSDASGD:  # the port's default step, whatever the torch default
+        kwargs = dict(schedule_free=False, **kwargs)  # (test_schedule_free_port.py: True)
     opt = cls([p[k] for k in NAMES], **kwargs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine) if schedule else None
     trace = []

@@ -270,6 +270,10 @@ _FIXED: dict[str, OptimizerSpec] = {
               ("psdasgd-growth1.5", "PSDASGD", {"growth_rate": 1.5}),
               ("psdasgd-growth1.25", "PSDASGD", {"growth_rate": 1.25}),
               ("psdasgd-growthinf", "PSDASGD", {"growth_rate": math.inf}),  # the published rule
+              # the momentum step whether or not a scheduler is attached (the default's
+              # "auto" takes it only under one): `--schedule none` runs what the default was
+              # before "auto" for a loop without a scheduler (docs/algorithms.md §4h)
+              ("psdasgd-momentum", "PSDASGD", {"schedule_free": False}),
           ]],
         # the schedule-free iteration (docs/algorithms.md §4h) under the task's cosine
         # schedule, and evaluated at y (what a loop without opt.eval() gets)

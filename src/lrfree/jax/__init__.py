@@ -19,7 +19,7 @@ except ImportError as error:  # pragma: no cover - exercised without jax install
         'pip install "lrfree[jax]"'
     ) from error
 
-from lrfree.jax._ps_dasgd import PSDASGDState, ps_dasgd
+from lrfree.jax._ps_dasgd import PSDASGDState, ps_dasgd, schedule_free_eval_params
 from lrfree.jax._ps_sps import PSSPSState, ps_sps
 
-__all__ = ["PSDASGDState", "PSSPSState", "ps_dasgd", "ps_sps"]
+__all__ = ["PSDASGDState", "PSSPSState", "ps_dasgd", "ps_sps", "schedule_free_eval_params"]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lrfree.jax import _scaled
-from lrfree.optim._base import check_dadapt_start
+from lrfree.optim._base import check_choice, check_dadapt_start
 
 
 class PSDASGDState(NamedTuple):
@@ -31,6 +31,11 @@ class PSDASGDState(NamedTuple):
         s: the weighted sum of scaled gradients.
         x_avg, avg_ratio, avg_scale: the iterate average (``average=True``; else x_avg is
             None).
+        z, sf_lr_max, sf_weight_sum, sf_beta1: the schedule-free iteration
+            (``schedule_free=True``; else all None, so that the momentum step's state has
+            the same leaves as before these fields): z, the largest effective lr so far,
+            the sum of the averaging weights (that lr squared, per step) and beta1 (read by
+            :func:`schedule_free_eval_params`). Then ``m`` is None: z replaces it.
     """
 
     count: jax.Array
@@ -51,6 +56,11 @@ class PSDASGDState(NamedTuple):
     x_avg: Any
     avg_ratio: jax.Array
     avg_scale: jax.Array
+    # added with schedule_free (at the end, defaulted: states built without them still work)
+    z: Any = None
+    sf_lr_max: Any = None
+    sf_weight_sum: Any = None
+    sf_beta1: Any = None
 
 
 def ps_dasgd(
@@ -68,12 +78,14 @@ def ps_dasgd(
     average_power: float = 8.0,
     d0_lr: float | None = None,
     *,
+    schedule_free: bool = False,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Learning-rate-free Adam: D-Adaptation SGD on the Adam-rescaled parameters.
 
-    The optax port of :class:`lrfree.PSDASGD` (same options, defaults and trajectory; see
-    docs/jax.md). With ``a_k`` from the scaling (Adam: :math:`\sqrt{\hat v_k}+\epsilon`),
+    The optax port of :class:`lrfree.PSDASGD` (same options, defaults and trajectory,
+    except ``schedule_free``, False here and "auto" in torch; see docs/jax.md). With
+    ``a_k`` from the scaling (Adam: :math:`\sqrt{\hat v_k}+\epsilon`),
     the normaliser :math:`N = \mathrm{mean}(a_1)` over the elements with a non-zero first
     gradient (frozen), the scaled gradient :math:`g'_k = g_k\sqrt{N/a_k}` and
     :math:`\gamma_k` = ``learning_rate`` (a multiplier, or a schedule of the step count):
@@ -123,6 +135,17 @@ def ps_dasgd(
             (d_k/gamma_k)^2 k^p, gamma_k the lr multiplier; evaluate and export it, keep
             training from the params). Needs ``params`` in ``update``.
         average_power: p of the averaging weights (8).
+        schedule_free: take the schedule-free iteration (Defazio et al. 2024) in the
+            scaled space instead of the momentum step (:class:`lrfree.PSDASGD`'s option;
+            docs/algorithms.md §4h): ``z`` takes plain SGD steps of
+            ``effective_lr * (g / a + wd * y)`` (no momentum), ``x`` is their running
+            average (weights: the largest effective lr so far, squared) and the gradient
+            is taken at ``y = (1 - beta1) z + beta1 x``, which the params hold while
+            training. The estimate is unchanged. No schedule is needed: leave
+            ``learning_rate`` constant (a warm-up is fine). Evaluate and export
+            :func:`schedule_free_eval_params` ``(state, params)``, the average x; keep
+            training from the params. The state keeps ``z`` and no ``m``. Needs
+            ``beta1 > 0`` and ``params`` in ``update``; not with ``average=True``.
         skip_nonfinite: a step whose gradient holds inf/NaN leaves the state unchanged,
             returns zero updates and counts ``state.skipped_steps`` (the torch default
             ``nonfinite="skip"``, without a host sync). False removes the check.
@@ -160,19 +183,29 @@ def ps_dasgd(
     # the resolved default start, or the option as given (a 0-d array stays one)
     d0 = start if d0 is None else d0
     d0_lr = start_lr if d0_lr is None else d0_lr
+    check_schedule_free(schedule_free, average, opts.beta1)
     # a traced weight_decay (inject_hyperparams under jit) may be non-zero: params needed
     needs_params = average or _scaled.known(weight_decay) != 0
 
     def init_fn(params: Any) -> PSDASGDState:
         dtype = _scaled.scalar_dtype(params)
         zero = _scaled.scalar(0.0, dtype)
+        fields = _scaled.init_fields(params, opts, ("s",))
+        if schedule_free:  # z starts at the params (y = z = x), in the state dtype; no m
+            fields.update(m=None, z=jax.tree.map(
+                lambda p: jnp.array(p, _scaled.state_dtype(jnp.asarray(p).dtype), copy=True),
+                params), sf_lr_max=zero, sf_weight_sum=zero,
+                sf_beta1=_scaled.scalar(opts.beta1, dtype))
         return PSDASGDState(d=_scaled.scalar(d0, dtype), d_hat=zero, r=zero, grad_norm0=zero,
-                            sq_norm_ema=zero, live_count=zero,
-                            **_scaled.init_fields(params, opts, ("s",)))
+                            sq_norm_ema=zero, live_count=zero, **fields)
 
     def update_fn(updates: Any, state: PSDASGDState, params: Any = None,
                   **extra_args: Any) -> tuple[Any, PSDASGDState]:
         del extra_args  # accepted so ps_dasgd and ps_sps are called the same way
+        if schedule_free and params is None:
+            raise ValueError("params is required by ps_dasgd(schedule_free=True): the params "
+                             "hold y, where the gradient is taken and z and the average "
+                             "meet; call opt.update(grads, state, params)")
         if needs_params and params is None:
             raise ValueError("params is required by ps_dasgd with weight_decay or "
                              "average=True: call opt.update(grads, state, params). (Under "
@@ -236,10 +269,67 @@ def ps_dasgd(
         bound = coef * d_hat
         if _scaled.known(growth) != float("inf"):  # None (traced): bounded, inf or not
             bound = jnp.minimum(bound, growth * d)
-        updates, step_fields = _scaled.take_step(space, grads, params, state, fields["m"],
-                                                 lam * space.norm, _scaled.per_multiplier(d, gamma), opts_k)
+        if schedule_free:  # eta = lam N (lam includes gamma), as torch's effective_lr
+            updates, step_fields = _scaled.take_schedule_free_step(
+                space, grads, params, state, lam * space.norm, opts_k)
+        else:
+            updates, step_fields = _scaled.take_step(
+                space, grads, params, state, fields["m"], lam * space.norm,
+                _scaled.per_multiplier(d, gamma), opts_k)
         return updates, state._replace(
             d=jnp.maximum(d, bound), d_hat=d_hat, r=r, grad_norm0=g0, sq_norm_ema=ema,
             live_count=live_count, s=s, **fields, **step_fields)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def check_schedule_free(schedule_free: bool, average: bool, beta1: float) -> None:
+    """The torch class's checks (``lrfree.optim.ps_dasgd.check_schedule_free``), with the
+    JAX way to evaluate at the average."""
+    check_choice("schedule_free", schedule_free, (True, False))
+    if not schedule_free:
+        return
+    if average:
+        raise ValueError("schedule_free=True and average=True both keep an average of the "
+                         "iterates: use one (schedule_free=True evaluates at its own average, "
+                         "lrfree.jax.schedule_free_eval_params(state, params))")
+    if beta1 == 0:
+        raise ValueError("schedule_free=True needs betas[0] > 0: beta1 is the interpolation "
+                         "y = (1 - beta1) z + beta1 x (default 0.9); with 0 the average "
+                         "cannot be recovered by schedule_free_eval_params")
+
+
+def schedule_free_eval_params(state: Any, params: Any) -> Any:
+    """The schedule-free average ``x``, the point to evaluate and export, from the state of
+    :func:`ps_dasgd` with ``schedule_free=True`` and the params it trains (which hold
+    ``y``): ``x = (y - (1 - beta1) z) / beta1``, computed as torch's ``opt.eval()`` does
+    (``lerp(y, z, 1 - 1 / beta1)`` in the state dtype, rounded to each param's dtype).
+
+    The signature is ``optax.contrib.schedule_free_eval_params``'s: beta1 is read from the
+    state (``state.sf_beta1``). ``state`` may be the :class:`PSDASGDState` itself or any
+    optax state that holds exactly one (``optax.chain``, ``optax.inject_hyperparams``,
+    ``optax.MultiSteps``...). A pure function: jit it with the train step, or call it
+    eagerly; training goes on from ``params`` (y), not from the result.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from lrfree.jax import ps_dasgd, schedule_free_eval_params
+        >>> opt = ps_dasgd(schedule_free=True)
+        >>> w = jnp.zeros(2)
+        >>> state = opt.init(w)
+        >>> updates, state = opt.update(jnp.array([1.0, -1.0]), state, w)
+        >>> w = optax.apply_updates(w, updates)
+        >>> x = schedule_free_eval_params(state, w)
+        >>> bool(jnp.allclose(w, 0.1 * state.z + 0.9 * x))
+        True
+    """
+    found = [leaf for leaf in jax.tree.leaves(
+        state, is_leaf=lambda node: isinstance(node, PSDASGDState))
+        if isinstance(leaf, PSDASGDState)]
+    if len(found) != 1 or found[0].z is None:
+        what = ("no ps_dasgd state" if not found else f"{len(found)} ps_dasgd states"
+                if len(found) > 1 else "the state of ps_dasgd without schedule_free")
+        raise ValueError("schedule_free_eval_params needs the state of "
+                         f"ps_dasgd(schedule_free=True) (or an optax state holding exactly "
+                         f"one); got {what}")
+    return _scaled.schedule_free_average(params, found[0].z, found[0].sf_beta1)

@@ -193,7 +193,7 @@ def enter_scaled_space(grads: Any, params: Any, state: Any, opts: Options,
         grads = jax.tree.map(lambda g, p: g + opts.weight_decay * p.astype(g.dtype),
                              grads, params)
     m = state.m
-    if opts.beta1 > 0:
+    if opts.beta1 > 0 and m is not None:  # None: schedule-free (beta1 interpolates)
         m = jax.tree.map(lambda m_, g: opts.beta1 * m_ + (1 - opts.beta1) * g, m, grads)
     v, v_max, denoms = second_moment(grads, state.v, state.v_max, k, opts)
     norm = normaliser(grads, denoms, state.alpha_norm, first, opts, dtype)
@@ -279,6 +279,86 @@ def take_step(space: ScaledSpace, grads: Any, params: Any, state: Any, m: Any,
     if opts.average:
         fields.update(average(params, updates, state, space.k, average_scale, opts))
     return updates, fields
+
+
+def lerp(start: jax.Array, end: jax.Array, weight: jax.Array) -> jax.Array:
+    """``start + weight (end - start)``, written as torch's ``lerp`` is (ATen/native/Lerp.h):
+    from the nearer end, so that a weight of 1 gives ``end`` exactly."""
+    return jnp.where(jnp.abs(weight) < 0.5, start + weight * (end - start),
+                     end - (end - start) * (1 - weight))
+
+
+def schedule_free_weight(state: Any, lr: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """c_k = w_k / sum of w, w_k = (the largest effective lr so far)^2 (schedule-free
+    AdamW's weighting; ``lrfree.optim._scaled.schedule_free_weight``); 0 while no step has
+    moved. Returns (c_k, the new running maximum, the new sum)."""
+    peak = jnp.maximum(state.sf_lr_max, lr)
+    w = peak * peak
+    total = state.sf_weight_sum + w
+    positive = total > 0
+    return jnp.where(positive, w / jnp.where(positive, total, 1), 0), peak, total
+
+
+def take_schedule_free_step(space: ScaledSpace, grads: Any, params: Any, state: Any,
+                            lr: jax.Array, opts: Options) -> tuple[Any, dict[str, Any]]:
+    """The schedule-free iteration (Defazio et al. 2024) in the scaled space
+    (docs/algorithms.md §4h; ``lrfree.optim._scaled.apply_schedule_free_step``), with
+    ``lr`` the effective lr ``eta`` and ``params`` holding ``y``. With ``D = g / a + wd y``
+    (the decoupled decay taken at y; a bias-corrected; coupled decay is already in g):
+
+        z <- z - eta D
+        x <- (1 - c) x + c z                  (never stored)
+        y <- (1 - beta1) z + beta1 x  =  lerp(y - eta (1 - beta1) D, z, c)
+
+    Returns the optax update ``y_new - y`` in each gradient's dtype (``y_new`` rounded to
+    the parameter's dtype first, so that ``optax.apply_updates`` rounds once where the
+    difference is exact) and the state fields z, sf_lr_max, sf_weight_sum, effective_lr.
+    The arithmetic follows the torch step's order (a / eta as one divisor)."""
+    beta1 = opts.beta1
+    c, peak, total = schedule_free_weight(state, lr)
+    # skipped when known to be 0; a traced decay (inject_hyperparams) is applied as it is
+    decay = opts.weight_decay if opts.decouple and known(opts.weight_decay) != 0 else None
+
+    def one(z: jax.Array, g: jax.Array, a: jax.Array | None, p: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+        dtype = z.dtype
+        y = p.astype(dtype)
+        eta = lr.astype(dtype)
+        if decay is not None:  # z -= eta wd y, with y before this step
+            z = z + y * (-decay * lr).astype(dtype)
+        if a is None:  # scaling="none": a = 1
+            z = z + (-g) * eta
+        else:
+            divisor = a / eta
+            z = z + (-g) / divisor
+        target = y
+        if decay is not None:
+            target = target * (1.0 - (1.0 - beta1) * decay * lr).astype(dtype)
+        if a is None:
+            target = target + (-(1.0 - beta1) * g) * eta
+        else:
+            target = target + (-(1.0 - beta1) * g) / divisor
+        y_new = lerp(target, z, c.astype(dtype))
+        return z, y_new.astype(p.dtype).astype(dtype) - y
+
+    zs, treedef = jax.tree.flatten(state.z)
+    denoms = [None] * len(zs) if space.denoms is None else treedef.flatten_up_to(space.denoms)
+    pairs = [one(*leaves) for leaves in zip(zs, treedef.flatten_up_to(space.grads), denoms,
+                                             treedef.flatten_up_to(params))]
+    z = jax.tree.unflatten(treedef, [z_ for z_, _ in pairs])
+    updates = jax.tree.unflatten(treedef, [u.astype(g.dtype) for (_, u), g in zip(
+        pairs, treedef.flatten_up_to(grads))])
+    return updates, dict(z=z, sf_lr_max=peak, sf_weight_sum=total, effective_lr=lr)
+
+
+def schedule_free_average(y: Any, z: Any, beta1: jax.Array) -> Any:
+    """x = (y - (1 - beta1) z) / beta1 as torch's ``opt.eval()`` computes it:
+    ``lerp(y, z, 1 - 1 / beta1)`` in z's dtype, rounded to y's dtype."""
+    def one(p: jax.Array, z_: jax.Array) -> jax.Array:
+        weight = (1.0 - 1.0 / beta1).astype(z_.dtype)
+        return lerp(jnp.asarray(p).astype(z_.dtype), z_, weight).astype(jnp.asarray(p).dtype)
+
+    return jax.tree.map(one, y, z)
 
 
 def average(params: Any, updates: Any, state: Any, k: jax.Array, scale: jax.Array,

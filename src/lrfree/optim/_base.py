@@ -295,6 +295,10 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
     def _update(self, buckets: list[Bucket], loss: Tensor | None) -> None:
         raise NotImplementedError
 
+    def _resolve_options(self) -> None:
+        """Settle options that are decided at the first step (PSDASGD's
+        ``schedule_free="auto"``), before any state exists. Default: nothing to settle."""
+
     # ------------------------------------------------------------ public API
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, loss: LossLike = None) -> Any:
@@ -308,6 +312,7 @@ class LRFreeOptimizer(AveragingMixin, torch.optim.Optimizer):
                 f"{type(self).__name__}.step() called while the averaged weights are in the "
                 "model: call opt.train() first (opt.eval() swapped them in)"
             )
+        self._resolve_options()
         returned = loss
         if closure is not None:
             if loss is not None:

@@ -84,16 +84,23 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             average into the model for evaluation and export, ``opt.train()`` puts the
             training weights back; ``with opt.averaged(): ...`` does both.
         average_power: p of the averaging weights (default 8).
-        schedule_free: take the schedule-free iteration (Defazio et al. 2024) in the
-            scaled space instead of the momentum step: ``z`` takes plain SGD steps of
-            ``effective_lr * g / a`` (no momentum), ``x`` is their running average (weights:
-            the largest effective lr so far, squared) and the gradient is taken at
-            ``y = (1 - beta1) z + beta1 x``, which the parameters hold while training. The
-            estimate is unchanged. No schedule is needed: leave ``lr`` constant.
+        schedule_free: ``"auto"`` (default), True or False. True takes the schedule-free
+            iteration (Defazio et al. 2024) in the scaled space instead of the momentum
+            step: ``z`` takes plain SGD steps of ``effective_lr * g / a`` (no momentum),
+            ``x`` is their running average (weights: the largest effective lr so far,
+            squared) and the gradient is taken at ``y = (1 - beta1) z + beta1 x``, which
+            the parameters hold while training. The estimate is unchanged. No schedule is
+            needed: leave ``lr`` constant (a scheduler that lowers it gets a warning).
             ``opt.eval()`` puts the average x into the model (evaluate and export it),
             ``opt.train()`` puts y back; the same 3 state tensors (z replaces m). Needs
             ``beta1 > 0``; not with ``average=True``; the fused kernels take the momentum
-            step only (docs/algorithms.md §4h).
+            step only. False takes the momentum step, which wants a schedule. ``"auto"``
+            settles at the first step: False if an LR scheduler is attached to the
+            optimizer by then (torch's schedulers, and those of HF Trainer and Lightning,
+            mark the param groups with ``initial_lr``), True otherwise; False from the
+            start with ``average=True``, ``betas[0] = 0`` or ``fused=True``
+            (docs/algorithms.md §4h). A warm-up-only scheduler also selects the momentum
+            step: pass ``schedule_free=True`` to combine the two.
         foreach: multi-tensor kernels (default: where available) or one tensor at a time.
         fused: the one-pass Triton step on CUDA (:mod:`lrfree.kernels.triton_step`). None
             (default): used where supported (CUDA, triton installed, ``scaling="adam"``,
@@ -112,7 +119,17 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
     Global settings (``scaling``, ``alpha_norm``, ``d0``, ``d_coef``, ``growth_rate``) are read from the
     first param group; the estimate is one set of scalars shared by all groups.
 
-    Example::
+    Example (no scheduler: the schedule-free iteration; evaluate after ``opt.eval()``)::
+
+        opt = lrfree.PSDASGD(model.parameters())
+        opt.train()
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        opt.eval()  # the average x: evaluate and save it
+
+    With a scheduler (attached before the first step: the momentum step)::
 
         opt = lrfree.PSDASGD(model.parameters())
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -123,11 +140,10 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
             sched.step()
 
     Failure modes: ``d`` grows from its start in the first ~10-40 steps (slower the noisier
-    the gradient) and never decreases, so a start above the right lr and an
-    overshoot stay, and without a schedule the step does not decay under gradient noise.
-    Use a schedule (``lr`` multiplier) or ``d_coef < 1`` when the estimate overshoots, or
-    ``schedule_free=True`` without a schedule (the recommended configuration for networks;
-    on convex problems its average stalls at a constant step: docs/algorithms.md §4h).
+    the gradient) and never decreases, so a start above the right lr and an overshoot
+    stay. The momentum step does not decay without a schedule under gradient noise; the
+    schedule-free iteration's average stalls at a constant step on convex problems
+    (docs/algorithms.md §4h). Use ``d_coef < 1`` when the estimate overshoots.
     """
 
     _rule_state = ("s",)
@@ -138,7 +154,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
                  d0: float | None = None,
                  d_coef: float = 1.0, growth_rate: float = DEFAULT_GROWTH_RATE,
                  average: bool = False, average_power: float = 8.0,
-                 d0_lr: float | None = None, *, schedule_free: bool = False,
+                 d0_lr: float | None = None, *, schedule_free: bool | str = "auto",
                  warmup: str = "none",
                  warmup_growth: float = float("inf"),
                  foreach: bool | None = None, nonfinite: str = "skip",
@@ -151,7 +167,7 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         check_choice("alpha_norm", alpha_norm, _scaled.ALPHA_NORMS)
         check_warmup(warmup, warmup_growth, fused)
         check_choice("average", average, (True, False))
-        check_schedule_free(schedule_free, average, betas, fused)
+        schedule_free = check_schedule_free(schedule_free, average, betas, fused)
         check_positive("average_power", average_power, allow_zero=True)
         scaling = get_scaling(scaling)
         if scaling.name in ("adam", "amsgrad", "rmsprop", "adafactor") and eps == 0:
@@ -256,12 +272,28 @@ class PSDASGD(_scaled.ScaledSpaceOptimizer):
         for group in self.param_groups:
             group["d"], group["d_hat"] = est["d"], est["d_hat"]
 
+    def _resolve_options(self) -> None:
+        """``schedule_free="auto"`` becomes True or False at the first step, before the
+        state is made: the momentum step if an LR scheduler is attached (torch's schedulers
+        write ``initial_lr`` into every param group when they are created; HF Trainer's and
+        Lightning's are torch's), the schedule-free iteration if none is
+        (docs/algorithms.md §4h)."""
+        groups = self.param_groups
+        if not any(g.get("schedule_free") == "auto" for g in groups):
+            return
+        resolved = groups[0]["schedule_free"]
+        if resolved == "auto":
+            resolved = not any("initial_lr" in g for g in groups)
+        for g in groups:
+            g["schedule_free"] = resolved
+
     def _load_checked(self, state_dict: dict[str, Any]) -> None:
         saved_groups = state_dict.get("param_groups") or [{}]
         saved = saved_groups[0].get("schedule_free", False)
         own = self.param_groups[0]["schedule_free"]
         super()._load_checked(state_dict)
-        if saved != own:
+        # "auto" on either side: nothing was decided against the checkpoint
+        if isinstance(saved, bool) and isinstance(own, bool) and saved != own:
             warnings.warn(
                 f"PSDASGD: this checkpoint was saved with schedule_free={saved}, and this "
                 f"optimizer was built with schedule_free={own}. Like every group option, the "
@@ -298,8 +330,9 @@ def warn_if_lr_decays(opt: PSDASGD) -> None:
     """Warn once if a group's ``lr`` fell below its largest value so far under
     ``schedule_free=True``: a decaying scheduler drives the schedule-free iteration, which
     replaces the schedule (under a cosine schedule it trained worse than without one on all
-    8 networks of the quick benchmark, docs/algorithms.md §4h). A warm-up, which only raises ``lr``, is fine. Host
-    numbers only: a tensor ``lr`` is not read (that would sync the device)."""
+    8 networks of the quick benchmark, docs/algorithms.md §4h). A warm-up, which only
+    raises ``lr``, is fine. Host numbers only: a tensor ``lr`` is not read (that would
+    sync the device)."""
     peaks = getattr(opt, "_lr_peaks", [])
     if peaks is None:  # warned already
         return
@@ -324,11 +357,16 @@ def warn_if_lr_decays(opt: PSDASGD) -> None:
             peaks[index] = lr
 
 
-def check_schedule_free(schedule_free: bool, average: bool, betas: tuple[float, float],
-                        fused: bool | None) -> None:
-    check_choice("schedule_free", schedule_free, (True, False))
+def check_schedule_free(schedule_free: bool | str, average: bool, betas: tuple[float, float],
+                        fused: bool | None) -> bool | str:
+    """The checked option. ``"auto"`` is settled here where the options already exclude
+    the schedule-free iteration (``average=True``, ``betas[0] = 0``, ``fused=True``: False,
+    what those options meant before "auto" became the default), else at the first step."""
+    check_choice("schedule_free", schedule_free, (True, False, "auto"))
+    if schedule_free == "auto":
+        return False if average or betas[0] == 0 or fused else "auto"
     if not schedule_free:
-        return
+        return False
     if average:
         raise ValueError("schedule_free=True and average=True both keep an average of the "
                          "iterates: use one (schedule_free=True evaluates at its own average "
@@ -340,6 +378,7 @@ def check_schedule_free(schedule_free: bool, average: bool, betas: tuple[float, 
     if fused:
         raise ValueError("fused=True is not supported with schedule_free=True (the fused "
                          "kernels take the momentum step); use fused=None or fused=False")
+    return True
 
 
 def check_warmup(warmup: str, warmup_growth: float, fused: bool | None) -> None:

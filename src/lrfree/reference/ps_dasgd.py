@@ -15,7 +15,7 @@ class PSDASGDReference(torch.optim.Optimizer):
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decouple=True, scaling="adam", alpha_norm="initial", d0=None, d_coef=1.0,
                  growth_rate=1.5, d0_lr=None, warmup="none", warmup_growth=math.inf,
-                 schedule_free=False):
+                 schedule_free="auto"):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple))
         if d0 is None:  # the default start: the first effective lr is d0_lr (1e-4)
@@ -33,6 +33,9 @@ class PSDASGDReference(torch.optim.Optimizer):
         if not items:
             return loss
         sc["k"] += 1
+        if self.schedule_free == "auto":  # the first step: no LR scheduler, no momentum
+            self.schedule_free = self.defaults["betas"][0] > 0 and \
+                not any("initial_lr" in g for g in self.param_groups)
         a, grads, direction = scaled_space_inputs(self, items, self.scaling, ("s",),
                                                   momentum=not self.schedule_free)
         # N: mean of a over the elements with a non-zero gradient, frozen at the first step.
