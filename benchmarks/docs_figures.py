@@ -9,7 +9,8 @@ A figure in prose is marked where it stands, invisibly in rendered Markdown:
     Prodigy <!--fig:quick:rank:prodigy-->3.06<!--/fig-->
 
 Keys (BUDGET is a folder of benchmarks/results, quick or full; `quick+quick_growth_inf` is
-quick with the rows of quick_growth_inf in place of its rows of the same task and name):
+quick with the rows of quick_growth_inf in place of its rows of the same task and name;
+`full|full_seeds34` is the records of both folders together, e.g. more seeds of its runs):
   BUDGET:rank:METHOD            mean LR-free rank (report's summary table), 2 decimals
   BUDGET:rank-without@A+B:METHOD  the same rank with methods A and B left out of the field
                                 (benchmarks/rank_without.py)
@@ -51,7 +52,8 @@ def _tasks(budget: str) -> dict[str, TaskResults]:
     """The records of `budget`; `A+B` is folder A with B's rows in place of A's rows of the
     same task and name (e.g. a report as it stood before a change of default)."""
     first, *overrides = budget.split("+")
-    records = load_records(RESULTS / first)
+    # `A|B`: the records of both folders together (more seeds of the same runs)
+    records = [r for folder in first.split("|") for r in load_records(RESULTS / folder)]
     for folder in overrides:
         tasks = {r["task"] for r in records}
         extra = [r for r in load_records(RESULTS / folder) if r["task"] in tasks]
