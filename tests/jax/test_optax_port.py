@@ -170,10 +170,14 @@ if os.environ.get("LRFREE_JAX_FULL_PARITY"):
         dict(c=0.2, f_star=0.01, cap_start=0.1, cap_growth=1.2), dict(delta=0.0)]
         for kind in ("least_squares", "logistic") for sched in (False, True)]
 
-def _id(case):
+def case_id(case, schedule_name="cosine"):
+    """A parity case's test id: options-problem-schedule."""
     kwargs, kind, schedule = case
     options = ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults"
-    return f"{options}-{kind}-{'cosine' if schedule else 'constant'}"
+    return f"{options}-{kind}-{schedule_name if schedule else 'constant'}"
+
+
+_id = case_id
 
 
 @pytest.mark.parametrize("case", DASGD_CASES, ids=_id)

@@ -30,7 +30,7 @@ jax.config.update("jax_enable_x64", True)
 import lrfree  # noqa: E402
 from lrfree.jax import ps_dasgd, schedule_free_eval_params  # noqa: E402
 from test_optax_port import (  # noqa: E402
-    NAMES, PARAMS, RTOL, STEPS, _data, _grads, _loss_jax, _loss_torch,
+    NAMES, PARAMS, RTOL, STEPS, _data, _grads, _loss_jax, _loss_torch, case_id,
 )
 
 SF = dict(schedule_free=True)
@@ -145,9 +145,7 @@ if os.environ.get("LRFREE_JAX_FULL_PARITY"):
 
 
 def _id(case):
-    kwargs, kind, schedule = case
-    options = ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults"
-    return f"{options}-{kind}-{'warmup-then-fall' if schedule else 'constant'}"
+    return case_id(case, "warmup-then-fall")
 
 
 @pytest.mark.parametrize("case", SF_CASES, ids=_id)
