@@ -214,7 +214,10 @@ def _sgdm(lr: float) -> Builder:
 _FIXED: dict[str, OptimizerSpec] = {
     s.name: s
     for s in [
-        OptimizerSpec("psdasgd", "ours", _ours("PSDASGD"), _group_effective_lr, pass_loss=True),
+        # train_eval: without a schedule the defaults take the schedule-free iteration,
+        # evaluated at its average as documented; under one, eval()/train() do nothing
+        OptimizerSpec("psdasgd", "ours", _ours("PSDASGD"), _group_effective_lr, pass_loss=True,
+                      train_eval=True),
         OptimizerSpec("psdasgd-avg", "ours", _ours("PSDASGD", average=True), _group_effective_lr,
                       pass_loss=True, train_eval=True),
         # the schedule-free iteration (docs/algorithms.md §4h): never scheduled, evaluated
@@ -235,7 +238,7 @@ _FIXED: dict[str, OptimizerSpec] = {
                       pass_loss=True),
         # Ablations of the choices the spec leaves open (family "ablation": not ranked).
         *[OptimizerSpec(name, "ablation", _ours(cls, **kw), _group_effective_lr,
-                        pass_loss=True, train_eval=bool(kw.get("average")))
+                        pass_loss=True, train_eval=cls == "PSDASGD" or bool(kw.get("average")))
           for name, cls, kw in [
               ("psdasgd-running", "PSDASGD", {"alpha_norm": "running"}),
               ("psdasgd-nonorm", "PSDASGD", {"alpha_norm": "none"}),
