@@ -272,3 +272,15 @@ def test_lrfree_trainer_exports_the_average_and_checkpoints_the_training_point(t
     assert close(load_file(str(tmp_path / "again" / "model.safetensors")), x)
     assert opt.param_groups[0].get("averaged_in")
     opt.train()
+
+
+def test_default_psdasgd_under_trainer_takes_the_momentum_step(tmp_path):
+    """Trainer attaches its own scheduler (linear decay by default) before the first step,
+    so PSDASGD's default schedule_free="auto" settles on the momentum step there, as the
+    docs say (docs/integrations.md): no schedule-free iteration under a decaying schedule."""
+    model = TinyClassifier()
+    opt = lrfree.PSDASGD(model.parameters())
+    assert opt.param_groups[0]["schedule_free"] == "auto"
+    train(Trainer, model, opt, None, tmp_path, 3, 1)
+    assert opt.param_groups[0]["schedule_free"] is False
+    assert "m" in opt.state[next(model.parameters())]

@@ -235,3 +235,21 @@ def test_evaluate_at_average_validates_at_x_and_trains_at_y():
 def assert_same_parameters_close(a: nn.Module, b: nn.Module) -> None:
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-7)
+
+
+class Scheduled(Module):
+    def configure_optimizers(self):
+        self.opt = self.optimizer(self.parameters())
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=10)
+        return {"optimizer": self.opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_default_psdasgd_follows_the_scheduler_lightning_is_given():
+    """PSDASGD's default schedule_free="auto" under Lightning: schedule-free when
+    configure_optimizers returns no scheduler, the momentum step when it returns one (the
+    scheduler exists before the first step), as docs/integrations.md says."""
+    plain, scheduled = Module(lrfree.PSDASGD), Scheduled(lrfree.PSDASGD)
+    fit(plain, 3)
+    fit(scheduled, 3)
+    assert plain.opt.param_groups[0]["schedule_free"] is True
+    assert scheduled.opt.param_groups[0]["schedule_free"] is False
