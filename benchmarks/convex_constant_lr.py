@@ -58,7 +58,7 @@ def main() -> None:
     rows = {}
     for name, options in CONFIGS.items():
         w = torch.zeros(dim, 10, dtype=torch.float64, requires_grad=True)
-        opt = lrfree.PSDASGD([w], **options)
+        opt = lrfree.PSDASGD([w], **{"schedule_free": False, **options})  # the momentum step
         rows[name] = {}
         for step in range(1, max(CHECKPOINTS) + 1):
             opt.zero_grad()

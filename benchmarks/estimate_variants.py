@@ -132,7 +132,8 @@ def check_global_matches_library() -> float:
         return [p.detach() for p in net.parameters()]
 
     return max(float((u - v).abs().max()) for u, v in
-               zip(train(lambda ps: lrfree.PSDASGD(ps, d0_lr=1e-6, growth_rate=math.inf)),
+               zip(train(lambda ps: lrfree.PSDASGD(ps, d0_lr=1e-6, growth_rate=math.inf,
+                                                    schedule_free=False)),
                    train(lambda ps: EstimateVariant(ps))))
 
 

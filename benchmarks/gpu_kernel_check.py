@@ -156,7 +156,7 @@ def equality(log: Callable[[str], None]) -> list[dict[str, Any]]:
 def factories() -> dict[str, Callable[[list[nn.Parameter]], Any]]:
     return {
         "AdamW (fused)": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
-        "PSDASGD (foreach)": lambda p: lrfree.PSDASGD(p, fused=False),
+        "PSDASGD (foreach)": lambda p: lrfree.PSDASGD(p, fused=False, schedule_free=False),
         "PSDASGD (kernel)": lambda p: lrfree.PSDASGD(p, fused=True),
         "PSDASGD (kernel, unchecked)":
             lambda p: lrfree.PSDASGD(p, fused=True, nonfinite="unchecked"),

@@ -21,7 +21,7 @@ import lrfree
 OUT = Path(__file__).resolve().parent / "results" / "linear_growth.md"
 CONFIGS = {
     # name: (factory, the group entry holding the effective lr in Adam units)
-    "PSDASGD (default start, d0_lr = 1e-6)": (lambda p: lrfree.PSDASGD(p), "effective_lr"),
+    "PSDASGD (default start, d0_lr = 1e-6)": (lambda p: lrfree.PSDASGD(p, schedule_free=False), "effective_lr"),
     "DAdaptAdam (lr = 1)": (lambda p: dadaptation.DAdaptAdam(p, lr=1.0), "d"),
     "DAdaptAdam, β2 = 0.9": (lambda p: dadaptation.DAdaptAdam(p, lr=1.0, betas=(0.9, 0.9)), "d"),
     "Prodigy (lr = 1)": (lambda p: prodigyopt.Prodigy(p, lr=1.0), "d"),

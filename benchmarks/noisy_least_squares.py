@@ -28,11 +28,16 @@ import lrfree
 ROWS, DIM, BATCH, STEPS, SEEDS = 200, 50, 16, 3000, (0, 1, 2)
 
 CONFIGS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
-    "psdasgd": lambda p: lrfree.PSDASGD(p),
+    # the defaults: schedule_free="auto", the schedule-free iteration without a scheduler
+    "psdasgd (defaults)": lambda p: lrfree.PSDASGD(p),
+    # the momentum step (the default before "auto"), its averaging and its ablations
+    "psdasgd schedule_free=False": lambda p: lrfree.PSDASGD(p, schedule_free=False),
     "psdasgd average=True": lambda p: lrfree.PSDASGD(p, average=True),
     "psdasgd schedule_free=True": lambda p: lrfree.PSDASGD(p, schedule_free=True),
-    "psdasgd growth_rate=inf": lambda p: lrfree.PSDASGD(p, growth_rate=float("inf")),
-    "psdasgd d0_lr=1e-6": lambda p: lrfree.PSDASGD(p, d0_lr=1e-6),
+    "psdasgd schedule_free=False growth_rate=inf":
+        lambda p: lrfree.PSDASGD(p, schedule_free=False, growth_rate=float("inf")),
+    "psdasgd schedule_free=False d0_lr=1e-6":
+        lambda p: lrfree.PSDASGD(p, schedule_free=False, d0_lr=1e-6),
     "psdasgd d0_lr=1e-6 average=True": lambda p: lrfree.PSDASGD(p, d0_lr=1e-6, average=True),
     "pssps": lambda p: lrfree.PSSPS(p),
     **{f"adam@{lr:g}": (lambda lr: lambda p: torch.optim.Adam(p, lr=lr))(lr)

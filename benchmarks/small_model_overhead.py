@@ -26,13 +26,15 @@ def factories() -> dict:
     out = {
         "AdamW (foreach)": (lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True), False),
         "AdamW (fused)": (lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True), False),
-        "PSDASGD (eager)": (lambda p: lrfree.PSDASGD(p), True),
+        "PSDASGD (eager)": (lambda p: lrfree.PSDASGD(p, schedule_free=False), True),
         "PSSPS (eager)": (lambda p: lrfree.PSSPS(p), True),
-        "PSDASGD (eager, unchecked)": (lambda p: lrfree.PSDASGD(p, nonfinite="unchecked"), True),
+        "PSDASGD (eager, unchecked)": (lambda p: lrfree.PSDASGD(p, nonfinite="unchecked",
+                                                              schedule_free=False), True),
     }
     try:
         lrfree.kernels.load()
-        out["PSDASGD (cpp)"] = (lambda p: lrfree.fused(lrfree.PSDASGD(p), kernel="cpp"), True)
+        out["PSDASGD (cpp)"] = (lambda p: lrfree.fused(lrfree.PSDASGD(p, schedule_free=False),
+                                                       kernel="cpp"), True)
         out["PSSPS (cpp)"] = (lambda p: lrfree.fused(lrfree.PSSPS(p), kernel="cpp"), True)
     except RuntimeError as error:
         print(f"skipping the (cpp) rows: {error}")

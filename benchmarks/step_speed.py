@@ -81,15 +81,16 @@ def optimizer_factories(fused: bool = True, cpp: bool = True
     factories = {
         "AdamW (foreach)": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
         "AdamW (fused)": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
-        "PSDASGD (foreach)": lambda p: lrfree.PSDASGD(p),
-        "PSDASGD (per-tensor)": lambda p: lrfree.PSDASGD(p, foreach=False),
-        "PSDASGD (fused)": lambda p: lrfree.fused(lrfree.PSDASGD(p)),
+        "PSDASGD (foreach)": lambda p: lrfree.PSDASGD(p, schedule_free=False),
+        "PSDASGD (per-tensor)": lambda p: lrfree.PSDASGD(p, foreach=False, schedule_free=False),
+        "PSDASGD (fused)": lambda p: lrfree.fused(lrfree.PSDASGD(p, schedule_free=False)),
         # the schedule-free iteration (docs/algorithms.md §4h): eager on every device
         "PSDASGD schedule-free (foreach)": lambda p: lrfree.PSDASGD(p, schedule_free=True),
         "PSSPS (foreach)": lambda p: lrfree.PSSPS(p),
         "PSSPS (per-tensor)": lambda p: lrfree.PSSPS(p, foreach=False),
         "PSSPS (fused)": lambda p: lrfree.fused(lrfree.PSSPS(p)),
-        "PSDASGD (cpp)": lambda p: lrfree.fused(lrfree.PSDASGD(p), kernel="cpp"),
+        "PSDASGD (cpp)": lambda p: lrfree.fused(lrfree.PSDASGD(p, schedule_free=False),
+                                                 kernel="cpp"),
         "PSSPS (cpp)": lambda p: lrfree.fused(lrfree.PSSPS(p), kernel="cpp"),
         "DAdaptAdam": lambda p: dadaptation.DAdaptAdam(p, lr=1.0),
         "Prodigy": lambda p: prodigyopt.Prodigy(p, lr=1.0),
@@ -101,7 +102,8 @@ def optimizer_factories(fused: bool = True, cpp: bool = True
         factories = {k: v for k, v in factories.items()
                      if "(cpp)" not in k and "(per-tensor)" not in k}
         # on CUDA PSDASGD's default is the Triton kernel: the foreach row asks for foreach
-        factories["PSDASGD (foreach)"] = lambda p: lrfree.PSDASGD(p, fused=False)
+        factories["PSDASGD (foreach)"] = lambda p: lrfree.PSDASGD(p, fused=False,
+                                                                  schedule_free=False)
         factories["PSDASGD (kernel)"] = lambda p: lrfree.PSDASGD(p, fused=True)
         # without the non-finite check: no host sync at all (what GradScaler users run)
         factories["PSDASGD (kernel, unchecked)"] = \

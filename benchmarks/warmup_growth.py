@@ -37,8 +37,8 @@ SNRS = (3.0, 1.0, 0.3, 0.1)
 LEVELS = (1e-5, 1e-4, 1e-3)
 
 OPTIMIZERS = {
-    "psdasgd (d0=1e-6, scaled units)": lambda ps: lrfree.PSDASGD(ps, d0=1e-6),
-    "psdasgd (default: d0_lr=1e-6, Adam units)": lambda ps: lrfree.PSDASGD(ps),
+    "psdasgd (d0=1e-6, scaled units)": lambda ps: lrfree.PSDASGD(ps, d0=1e-6, schedule_free=False),
+    "psdasgd (default: d0_lr=1e-6, Adam units)": lambda ps: lrfree.PSDASGD(ps, schedule_free=False),
     "dadaptation.DAdaptAdam": lambda ps: dadaptation.DAdaptAdam(ps, lr=1.0),
     "dadaptation.DAdaptAdam, beta2=0.9": lambda ps: dadaptation.DAdaptAdam(
         ps, lr=1.0, betas=(0.9, 0.9)),
