@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lrfree
+from lrfree.optim.ps_dasgd import check_schedule_free
 from lrfree.reference import PSDASGDReference
 from problems import TinyNet, batches, flat, param_groups, reload, resume, train
 from test_reductions_and_invariance import ScaledAlpha, two_block_problem
@@ -219,6 +220,27 @@ def test_auto_settles_early_where_the_options_exclude_schedule_free():
     assert lrfree.PSDASGD(w, betas=(0.0, 0.999)).param_groups[0]["schedule_free"] is False
     with pytest.raises(ValueError, match="fused=True"):  # on the CPU: the kernel's own error
         lrfree.PSDASGD(w, fused=True)
+    assert check_schedule_free("auto", False, (0.9, 0.999), True) is False  # fused=True
+    assert check_schedule_free("auto", False, (0.9, 0.999), None) == "auto"
+
+
+def test_eval_before_the_first_step_does_not_block_a_scheduled_run():
+    """opt.eval() before any step (an initial validation) under "auto": nothing to swap,
+    and no flag left that would make the first step of a scheduled run (the momentum step,
+    whose eval() is a no-op) demand opt.train(); the run equals one without the call."""
+    expected, _ = auto_run(scheduler=COSINE)
+    net = TinyNet()
+    opt = lrfree.PSDASGD(param_groups(net))
+    sched = COSINE(opt)
+    opt.eval()
+    x, y = batches()
+    for step in range(6):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[:16], step), y[:16]).backward()
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["schedule_free"] is False
+    assert torch.equal(flat(net), flat(expected))
 
 
 def test_auto_with_a_plateau_scheduler_is_schedule_free_and_warns_at_its_first_cut():

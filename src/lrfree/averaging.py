@@ -126,7 +126,9 @@ class AveragingMixin:
         Idempotent; the training weights are kept in the optimizer state until ``train()``.
         """
         group0 = self.param_groups[0]
-        sf = group0.get("schedule_free")
+        # PSDASGD's "auto" before its first step has no average yet and may settle on the
+        # momentum step: nothing to swap in, and nothing that a later train() must undo
+        sf = group0.get("schedule_free") is True
         if not (group0.get("average") or sf) or group0.get("averaged_in"):
             return
         if sf:
@@ -141,7 +143,7 @@ class AveragingMixin:
         group0 = self.param_groups[0]
         if not group0.get("averaged_in"):
             return
-        if group0.get("schedule_free"):
+        if group0.get("schedule_free") is True:
             self._schedule_free_swap(False)
         else:
             swap(self._average_pairs())

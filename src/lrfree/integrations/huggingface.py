@@ -49,7 +49,7 @@ def _keeps_average(optimizer: Any) -> bool:
     """Whether ``optimizer`` is an lrfree optimizer whose ``eval()`` swaps in an average."""
     groups = getattr(optimizer, "param_groups", None)
     return bool(groups) and hasattr(optimizer, "eval") and \
-        bool(groups[0].get("schedule_free") or groups[0].get("average"))
+        (groups[0].get("schedule_free") is True or bool(groups[0].get("average")))
 
 
 class LRFreeTrainer(Trainer):
